@@ -1,0 +1,1 @@
+"""Data sets, models, stacked training and the measurements of the theory papers."""

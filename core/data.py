@@ -1,0 +1,120 @@
+"""Synthetic data sets of the theory papers, deterministic from their spec.
+
+Everything is drawn on the CPU in float64 from named streams (``core.seeding``), so a
+data set is the same on any machine, device or dtype; the trainer casts it afterwards.
+
+* ``teacher-student``: x ~ N(0, I_d); y = W2 relu(W1 x) with W1 ~ N(0, 1/d),
+  W2 ~ N(0, 1/teacher_width); training targets get Gaussian noise of std
+  ``label_noise`` x the teacher's output std (estimated on 2^14 reference inputs, so it
+  does not depend on n_train). The test targets are clean: test loss measures how well
+  the student learned the teacher.
+* ``linear-teacher`` (Advani & Saxe 2017): x_i ~ N(0, 1/N), y = w̄·x + ε with
+  w̄ ~ N(0, σ_w² I), ε ~ N(0, σ_ε²), σ_w² + σ_ε² = 1 and ``label_noise`` = σ_ε/σ_w
+  (SNR = σ_w²/σ_ε²). Test targets are noisy too, as in the paper's E_g.
+* ``gaussian-mixture``: class c has mean μ_c ~ N(0, class_sep²/(2d) I), so that
+  E||μ_a - μ_b||² = class_sep², and unit within-class covariance; labels are uniform.
+  A fraction ``label_noise`` of training labels is replaced, once, by a uniformly random
+  *different* class (Nakkiran et al. 2019); the test set stays clean.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from core.seeding import generator
+from sweeps.spec import DataKind, DataSpec
+
+F64 = torch.float64
+REFERENCE_SAMPLES = 2**14
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test tensors on the CPU, float64 inputs.
+
+    Regression: ``y_*`` float64 ``[n, outputs]``. Classification: int64 ``[n]``.
+    ``noisy`` marks training samples whose label the label noise changed (classification).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classification: bool
+    n_outputs: int
+    noisy: torch.Tensor | None = None
+
+
+def make_dataset(spec: DataSpec) -> Dataset:
+    builders = {
+        DataKind.TEACHER_STUDENT: _teacher_student,
+        DataKind.LINEAR_TEACHER: _linear_teacher,
+        DataKind.GAUSSIAN_MIXTURE: _gaussian_mixture,
+    }
+    return builders[spec.kind](spec)
+
+
+def _randn(*shape: int, stream: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=stream, dtype=F64)
+
+
+def _teacher_student(s: DataSpec) -> Dataset:
+    g = generator(s.seed, "teacher-student", "teacher")
+    w1 = _randn(s.teacher_width, s.input_dim, stream=g) / math.sqrt(s.input_dim)
+    w2 = _randn(s.output_dim, s.teacher_width, stream=g) / math.sqrt(s.teacher_width)
+
+    def teacher(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ w1.T) @ w2.T
+
+    x_ref = _randn(REFERENCE_SAMPLES, s.input_dim, stream=generator(s.seed, "teacher-student", "reference"))
+    target_std = teacher(x_ref).std(dim=0)
+    x_train = _randn(s.n_train, s.input_dim, stream=generator(s.seed, "teacher-student", "train-inputs"))
+    x_test = _randn(s.n_test, s.input_dim, stream=generator(s.seed, "teacher-student", "test-inputs"))
+    noise = _randn(s.n_train, s.output_dim, stream=generator(s.seed, "teacher-student", "train-noise"))
+    y_train = teacher(x_train) + s.label_noise * target_std * noise
+    return Dataset(x_train, y_train, x_test, teacher(x_test), False, s.output_dim)
+
+
+def linear_teacher_variances(label_noise: float) -> tuple[float, float]:
+    """(σ_w², σ_ε²) with σ_w² + σ_ε² = 1 and σ_ε/σ_w = label_noise."""
+    var_w = 1.0 / (1.0 + label_noise**2)
+    return var_w, 1.0 - var_w
+
+
+def _linear_teacher(s: DataSpec) -> Dataset:
+    var_w, var_eps = linear_teacher_variances(s.label_noise)
+    n = s.input_dim
+    w_bar = _randn(n, 1, stream=generator(s.seed, "linear-teacher", "teacher")) * math.sqrt(var_w)
+
+    def sample(count: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _randn(count, n, stream=generator(s.seed, "linear-teacher", split, "inputs")) / math.sqrt(n)
+        eps = _randn(count, 1, stream=generator(s.seed, "linear-teacher", split, "noise"))
+        return x, x @ w_bar + math.sqrt(var_eps) * eps
+
+    x_train, y_train = sample(s.n_train, "train")
+    x_test, y_test = sample(s.n_test, "test")
+    return Dataset(x_train, y_train, x_test, y_test, False, 1)
+
+
+def _gaussian_mixture(s: DataSpec) -> Dataset:
+    k, d = s.n_classes, s.input_dim
+    means = _randn(k, d, stream=generator(s.seed, "gaussian-mixture", "means"))
+    means *= s.class_sep / math.sqrt(2 * d)
+
+    def sample(count: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(k, (count,), generator=generator(s.seed, "gaussian-mixture", split, "labels"))
+        x = means[labels] + _randn(count, d, stream=generator(s.seed, "gaussian-mixture", split, "inputs"))
+        return x, labels
+
+    x_train, clean = sample(s.n_train, "train")
+    x_test, y_test = sample(s.n_test, "test")
+    n_flipped = math.floor(s.label_noise * s.n_train + 0.5)
+    order = torch.randperm(s.n_train, generator=generator(s.seed, "gaussian-mixture", "flip-order"))
+    offset = torch.randint(1, k, (s.n_train,), generator=generator(s.seed, "gaussian-mixture", "flip-offset"))
+    noisy = torch.zeros(s.n_train, dtype=torch.bool)
+    noisy[order[:n_flipped]] = True
+    y_train = torch.where(noisy, (clean + offset) % k, clean)
+    return Dataset(x_train, y_train, x_test, y_test, True, k, noisy)

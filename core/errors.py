@@ -1,0 +1,30 @@
+"""The exceptions theoryscope raises on purpose.
+
+Every message names what was expected, what came in and, where there is one, the fix.
+The CLI prints ``str(error)`` as one line and exits non-zero; anything that is not a
+``TheoryscopeError`` is a bug and keeps its traceback.
+"""
+
+
+class TheoryscopeError(Exception):
+    """Base class: an error the user can act on."""
+
+
+class SpecError(TheoryscopeError):
+    """A sweep spec that cannot be run: unknown key, wrong type, impossible value."""
+
+
+class StorageError(TheoryscopeError):
+    """The results directory is unusable or holds something unexpected."""
+
+
+class QueryError(TheoryscopeError):
+    """A SQL query DuckDB rejected."""
+
+
+class SweepNotFound(TheoryscopeError):
+    """A sweep name with no record in the results directory."""
+
+
+class RunFailed(TheoryscopeError):
+    """Training a family raised; carries the family id and the cause."""

@@ -1,0 +1,1 @@
+"""Arrow schemas, atomic Parquet writes, and DuckDB views over the results directory."""

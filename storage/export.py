@@ -1,0 +1,54 @@
+"""Query results as CSV or JSON text, and written to a file atomically."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from core.errors import StorageError
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return value
+
+
+def to_json(table: pa.Table) -> str:
+    """A JSON array with one object per row."""
+    rows = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+    return json.dumps(rows, indent=2, default=str) + "\n"
+
+
+def to_csv(table: pa.Table) -> str:
+    """CSV with a header; timestamps in ISO 8601, nulls empty."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for row in table.to_pylist():
+        writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, dt.datetime) else v)
+                         for v in row.values()])
+    return out.getvalue()
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot write {path}: the directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,75 @@
+"""SQL over the results directory: DuckDB views named like the tables.
+
+Each view reads every ``<results>/<table>/sweep=*/*.parquet`` file with hive partitioning
+(the ``sweep`` column always a string) and ``union_by_name``, so files written by older
+versions with fewer columns still read, their missing columns null. A table with no files
+yet is an empty view with the table's columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from core.errors import QueryError
+from storage.schemas import TABLES
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def _duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    return _DUCKDB_TYPES[t]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(results: Path, table: str) -> str:
+    directory = Path(results) / table
+    if any(directory.glob("sweep=*/*.parquet")):
+        pattern = _quote(str(directory / "sweep=*" / "*.parquet"))
+        return (f"SELECT * FROM read_parquet({pattern}, hive_partitioning = true, "
+                f"union_by_name = true, hive_types = {{'sweep': 'VARCHAR'}})")
+    columns = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in TABLES[table])
+    return f"SELECT {columns} LIMIT 0"
+
+
+def connect(results: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table."""
+    con = duckdb.connect(":memory:")
+    for table in TABLES:
+        con.execute(f"CREATE VIEW {table} AS {view_sql(results, table)}")
+    return con
+
+
+def run_query(results: Path, sql: str) -> pa.Table:
+    """Run ``sql`` against the views; a rejected query raises ``QueryError``."""
+    con = connect(results)
+    try:
+        relation = con.sql(sql)
+        return relation.fetch_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QueryError(f"query failed: {first}") from None
+    finally:
+        con.close()
+
+
+def describe_views(results: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each view's columns as (name, DuckDB type)."""
+    con = connect(results)
+    try:
+        return {table: [(row[0], row[1]) for row in con.execute(f"DESCRIBE {table}").fetchall()]
+                for table in TABLES}
+    finally:
+        con.close()

@@ -1,0 +1,85 @@
+"""Explicit Arrow schemas of every table theoryscope writes.
+
+Files live under ``<results>/<table>/sweep=<name>/``; DuckDB reads them through views of
+the same names (``storage.query``). The column names of DESIGN.md are a contract; the
+extra columns of ``runs`` make every field of a run's config a column, so anything a grid
+sweeps can be grouped by in SQL.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+SWEEPS = pa.schema([
+    ("sweep", pa.string()),
+    ("spec", pa.string()),            # the TOML text exactly as launched
+    ("planned_runs", pa.int64()),
+    ("created_at", TIMESTAMP),
+    ("code_version", pa.string()),
+])
+
+RUNS = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("family_id", pa.string()),
+    ("family_size", pa.int64()),      # members trained together with this run
+    ("experiment", pa.string()),
+    ("dataset", pa.string()),         # data.kind
+    ("model", pa.string()),           # model.kind
+    ("depth", pa.int64()),
+    ("width", pa.int64()),
+    ("init_scale", pa.float64()),
+    ("label_noise", pa.float64()),
+    ("seed", pa.int64()),
+    ("n_train", pa.int64()),
+    ("optimizer", pa.string()),
+    ("lr", pa.float64()),
+    ("steps", pa.int64()),
+    ("status", pa.string()),          # ok | diverged | failed
+    ("train_loss", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("train_error", pa.float64()),    # 0-1 error; null for regression
+    ("test_error", pa.float64()),
+    ("gen_gap", pa.float64()),        # test - train error (classification) or loss (regression)
+    ("diverged_step", pa.int64()),    # step at which the member was frozen; null if never
+    ("error", pa.string()),           # the exception message of a failed family
+    ("wall_seconds", pa.float64()),   # training time of the whole family
+    ("device", pa.string()),
+    ("finished_at", TIMESTAMP),
+    ("config", pa.string()),          # canonical JSON of the run; its hash is run_id
+    # The rest of the run's config, one column per field.
+    ("n_test", pa.int64()),
+    ("input_dim", pa.int64()),
+    ("output_dim", pa.int64()),
+    ("teacher_width", pa.int64()),
+    ("n_classes", pa.int64()),
+    ("class_sep", pa.float64()),
+    ("data_seed", pa.int64()),        # data.seed
+    ("activation", pa.string()),
+    ("bias", pa.bool_()),
+    ("init", pa.string()),
+    ("batch_size", pa.int64()),
+    ("momentum", pa.float64()),
+    ("weight_decay", pa.float64()),
+    ("beta1", pa.float64()),
+    ("beta2", pa.float64()),
+    ("eps", pa.float64()),
+    ("log_every", pa.int64()),
+    ("dtype", pa.string()),
+    ("code_version", pa.string()),
+])
+
+CURVES = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),
+    ("train_loss", pa.float64()),
+    ("test_loss", pa.float64()),
+    ("train_error", pa.float64()),
+    ("test_error", pa.float64()),
+    ("theory_test_loss", pa.float64()),  # closed-form prediction where one exists
+])
+
+TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES}

@@ -1,0 +1,1 @@
+"""Sweep specs, planning, dispatch to Ray, progress and resume."""

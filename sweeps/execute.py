@@ -1,0 +1,82 @@
+"""Run one family end to end: train it, turn the result into rows, publish its files.
+
+``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
+both backends produce identical tables. The family's files are published curves first,
+runs last: a ``runs`` file is the mark that the family is done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core.train import describe_device, pick_device, train_family
+from storage.parquet import table_path, write_atomic
+from sweeps.records import RunStatus, failed_family_table, trained_family_tables
+from sweeps.spec import RunSpec
+from sweeps.version import code_version
+
+
+@dataclass(frozen=True)
+class FamilyJob:
+    """Everything a worker needs to run a family; small and picklable."""
+
+    sweep: str
+    family_id: str
+    runs: tuple[RunSpec, ...]
+    results: str
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class FamilyOutcome:
+    """What the driver learns when a family is done (the rows are on disk)."""
+
+    family_id: str
+    n_runs: int
+    n_ok: int
+    n_diverged: int
+    n_failed: int
+    wall_seconds: float
+    device: str
+    error: str | None = None
+
+
+def execute_family(job: FamilyJob) -> FamilyOutcome:
+    """Train ``job``'s family and publish its rows. An exception in training is recorded
+    as ``status = 'failed'`` rows carrying the message, not raised."""
+    device = pick_device(job.num_gpus)
+    results = Path(job.results)
+    version = code_version()
+    try:
+        result = train_family(job.runs, device)
+    except Exception as exc:  # recorded in the runs table; the other families carry on
+        message = f"{type(exc).__name__}: {exc}"
+        runs_table = failed_family_table(job.sweep, job.family_id, job.runs, message, version,
+                                         _now(), describe_device(device))
+        write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
+        return FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs), 0.0,
+                             describe_device(device), message)
+    runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
+                                                     version, _now())
+    write_atomic(curves_table, table_path(results, "curves", job.sweep, job.family_id))
+    write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
+    statuses = runs_table.column("status").to_pylist()
+    return FamilyOutcome(
+        job.family_id, len(job.runs), statuses.count(RunStatus.OK.value),
+        statuses.count(RunStatus.DIVERGED.value), 0, result.wall_seconds, result.device,
+    )
+
+
+def execute_in_worker(job: FamilyJob, num_threads: int) -> FamilyOutcome:
+    """``execute_family`` in a dedicated worker process: torch uses exactly the CPUs the
+    scheduler granted, so families sharing a node do not oversubscribe it."""
+    torch.set_num_threads(max(1, num_threads))
+    return execute_family(job)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

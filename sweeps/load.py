@@ -1,0 +1,203 @@
+"""TOML text -> a validated ``SweepSpec``, with one-line errors that name the key path.
+
+Checks, in order: the file exists and is TOML; no unknown keys at any level; every value
+has its field's type (ints stay ints, an int is accepted where a float is expected, a
+bool is never a number); every value is in range (``__post_init__`` of the section);
+every grid axis is a non-empty list of distinct, individually valid values. Combinations
+of grid values are checked when the grid is expanded (``sweeps.plan``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+from core.errors import SpecError
+from sweeps.spec import (
+    RUN_SECTIONS,
+    Choice,
+    DataSpec,
+    Experiment,
+    FieldError,
+    MeasureSpec,
+    ModelSpec,
+    ResourceSpec,
+    SweepSpec,
+    TrainSpec,
+)
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "measure": MeasureSpec,
+    "resources": ResourceSpec,
+}
+TOP_LEVEL_KEYS = ("name", "experiment", "seed", *SECTIONS, "grid")
+
+# Grid names a user may write without a section (DESIGN.md).
+SHORTHANDS = {
+    "depth": "model.depth",
+    "width": "model.width",
+    "init_scale": "model.init_scale",
+    "label_noise": "data.label_noise",
+    "seed": "seed",
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file; raises ``SpecError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the spec as UTF-8 text ({exc})") from None
+    return parse_spec(text, origin=str(path))
+
+
+def parse_spec(text: str, origin: str = "<spec>") -> SweepSpec:
+    """Validate spec text; ``origin`` prefixes every error message."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{origin}: not valid TOML: {exc}") from None
+    try:
+        return _build_sweep(raw, text)
+    except SpecError as exc:
+        raise SpecError(f"{origin}: {exc}") from None
+
+
+def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
+    _reject_unknown(raw, TOP_LEVEL_KEYS, prefix="", where="the top level")
+    if "name" not in raw:
+        raise SpecError('name: missing; every sweep needs a name, e.g. name = "my-sweep"')
+    name = check_name(_coerce(raw["name"], str, "name"), "name")
+    top = {
+        "name": name,
+        "experiment": _coerce(raw.get("experiment", "train"), Experiment, "experiment"),
+        "seed": _coerce(raw.get("seed", 0), int, "seed"),
+    }
+    if top["seed"] < 0:
+        raise SpecError(f"seed: expected an integer >= 0, got {top['seed']!r}")
+    sections = {key: _build_section(cls, raw.get(key, {}), key) for key, cls in SECTIONS.items()}
+    spec_wo_grid = SweepSpec(**top, **sections, source=text)
+    grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
+    return dataclasses.replace(spec_wo_grid, grid=grid)
+
+
+def check_name(name: str, where: str) -> str:
+    """A sweep name is a directory name in the results tree: keep it plain."""
+    if not _NAME.match(name):
+        raise SpecError(f"{where}: expected letters, digits, '.', '_' or '-' (at most 128, "
+                        f"starting with a letter or digit), got {name!r}")
+    return name
+
+
+def _build_section(cls: type, table: Any, path: str) -> Any:
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: expected a table ([{path}]), got {table!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    _reject_unknown(table, names, prefix=f"{path}.", where=f"[{path}]")
+    types = typing.get_type_hints(cls)
+    values = {k: _coerce(v, types[k], f"{path}.{k}") for k, v in table.items()}
+    try:
+        return cls(**values)
+    except FieldError as exc:
+        raise SpecError(f"{path}.{exc}") from None
+
+
+def resolve_grid_key(key: str) -> str:
+    """A grid key -> its dotted target (``"seed"`` or ``"section.field"``)."""
+    target = SHORTHANDS.get(key, key)
+    if target == "seed":
+        return target
+    section, _, name = target.partition(".")
+    cls = RUN_SECTIONS.get(section)
+    if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+        raise SpecError(
+            f"grid.{key}: not a sweepable field; use one of "
+            f"{', '.join(SHORTHANDS)} or a dotted name of a field of "
+            f"{', '.join(RUN_SECTIONS)} (e.g. \"data.n_train\", \"train.lr\")"
+        )
+    return target
+
+
+def _build_grid(table: Any, spec: SweepSpec) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(table, dict):
+        raise SpecError(f"grid: expected a table ([grid]), got {table!r}")
+    axes: list[tuple[str, tuple[Any, ...]]] = []
+    seen: dict[str, str] = {}
+    for key, values in table.items():
+        target = resolve_grid_key(key)
+        if target in seen:
+            raise SpecError(f"grid.{key}: sweeps {target} again (already swept as grid.{seen[target]})")
+        seen[target] = key
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        checked = tuple(_check_grid_value(spec, target, v, f"grid.{key}[{i}]")
+                        for i, v in enumerate(values))
+        for i, v in enumerate(checked):
+            if v in checked[:i]:
+                shown = v.value if isinstance(v, Choice) else v
+                raise SpecError(f"grid.{key}[{i}]: {shown!r} appears twice; each value runs once")
+        axes.append((target, checked))
+    return tuple(axes)
+
+
+def _check_grid_value(spec: SweepSpec, target: str, value: Any, path: str) -> Any:
+    """Coerce one grid value and validate it against the spec's other values."""
+    if target == "seed":
+        seed = _coerce(value, int, path)
+        if seed < 0:
+            raise SpecError(f"{path}: expected an integer >= 0, got {seed!r}")
+        return seed
+    section, _, name = target.partition(".")
+    cls = RUN_SECTIONS[section]
+    coerced = _coerce(value, typing.get_type_hints(cls)[name], path)
+    try:
+        dataclasses.replace(getattr(spec, section), **{name: coerced})
+    except FieldError as exc:
+        raise SpecError(f"{path}: expected {exc.expected}, got {exc.got!r}") from None
+    return coerced
+
+
+def _coerce(value: Any, kind: Any, path: str) -> Any:
+    if isinstance(kind, type) and issubclass(kind, Choice):
+        try:
+            return kind(value)
+        except ValueError:
+            raise SpecError(f"{path}: expected one of {kind.allowed()}, got {value!r}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"{path}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SpecError(f"{path}: expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SpecError(f"{path}: expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"{path}: expected a string, got {value!r}")
+    raise TypeError(f"no coercion for {kind!r} at {path}")  # a spec field of a new type
+
+
+def _reject_unknown(table: dict[str, Any], allowed: typing.Iterable[str], prefix: str,
+                    where: str) -> None:
+    allowed = list(allowed)
+    for key in table:
+        if key not in allowed:
+            choices = ", ".join(allowed) if allowed else "none (this section takes no keys yet)"
+            raise SpecError(f"{prefix}{key}: unknown key in {where}; allowed: {choices}")

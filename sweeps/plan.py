@@ -1,0 +1,152 @@
+"""Spec -> runs -> families.
+
+A *run* is one point of the grid. A *family* is a set of runs whose tensors have the
+same shapes and whose training loop is the same, so they train together as one stacked
+model: same experiment, data kind and sizes, model kind, depth, width, activation, bias,
+steps, optimizer, batch size, logging and dtype. Everything else (seed, init, init scale,
+label noise, data seed, lr, momentum, ...) may differ between members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from core.errors import SpecError
+from sweeps.spec import FieldError, Optimizer, RunSpec, SweepSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    """Runs trained together as one stacked model (one Ray task)."""
+
+    family_id: str
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.runs)
+
+    @property
+    def exemplar(self) -> RunSpec:
+        """Any member: they agree on everything that fixes shapes and the loop."""
+        return self.runs[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep will run: its runs and how they are packed into families."""
+
+    spec: SweepSpec
+    sweep: str
+    runs: tuple[RunSpec, ...]
+    families: tuple[Family, ...]
+
+
+def expand_runs(spec: SweepSpec) -> list[RunSpec]:
+    """The Cartesian product of the grid over the spec's base run, in grid order."""
+    base = spec.base_run()
+    axes = spec.grid
+    runs = []
+    for values in itertools.product(*(vals for _, vals in axes)):
+        assignment = dict(zip((target for target, _ in axes), values))
+        runs.append(_apply(base, assignment))
+    return runs
+
+
+def _apply(base: RunSpec, assignment: dict) -> RunSpec:
+    by_section: dict[str, dict] = {}
+    for target, value in assignment.items():
+        section, _, name = target.partition(".")
+        by_section.setdefault(section, {})[name] = value
+    try:
+        seed = by_section.pop("seed", {}).get("", base.seed)
+        sections = {s: dataclasses.replace(getattr(base, s), **kv) for s, kv in by_section.items()}
+        return dataclasses.replace(base, seed=seed, **sections)
+    except FieldError as exc:
+        where = ", ".join(f"{k} = {_show(v)}" for k, v in assignment.items())
+        raise SpecError(f"the run with {where}: {exc}") from None
+
+
+def _show(value: object) -> str:
+    return repr(getattr(value, "value", value))
+
+
+def family_key(run: RunSpec) -> tuple:
+    """What members of one family must share."""
+    d, m, t = run.data, run.model, run.train
+    return (
+        run.experiment, d.kind, d.n_train, d.n_test, d.input_dim, d.n_outputs,
+        m.kind, m.depth, m.width, m.activation, m.bias,
+        t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype,
+    )
+
+
+def pack_families(runs: Sequence[RunSpec], max_family_size: int) -> list[Family]:
+    """Group runs by ``family_key`` and split each group into near-equal families of at
+    most ``max_family_size`` (600 runs at 512 give two of 300, not 512 + 88)."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in runs:
+        groups.setdefault(family_key(run), []).append(run)
+    families = []
+    for members in groups.values():
+        n_chunks = -(-len(members) // max_family_size)
+        base, extra = divmod(len(members), n_chunks)
+        start = 0
+        for i in range(n_chunks):
+            chunk = tuple(members[start:start + base + (i < extra)])
+            start += len(chunk)
+            families.append(Family(family_id(chunk), chunk))
+    return families
+
+
+def family_id(runs: Iterable[RunSpec]) -> str:
+    """Content hash of a family: the sorted run ids of its members."""
+    ids = sorted(r.run_id for r in runs)
+    return hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
+
+
+def plan_sweep(spec: SweepSpec, sweep: str | None = None,
+               exclude: frozenset[str] = frozenset()) -> Plan:
+    """Expand and pack a sweep; runs whose id is in ``exclude`` (already done) are left
+    out before packing, so what remains still trains in full families."""
+    runs = expand_runs(spec)
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise SpecError("the grid yields the same run twice; remove the repeated values")
+    todo = [r for r in runs if r.run_id not in exclude]
+    families = pack_families(todo, spec.resources.max_family_size)
+    return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families))
+
+
+@dataclass(frozen=True)
+class FamilyCost:
+    """Rough size of a family: parameters, floating-point work and memory."""
+
+    params_per_member: int
+    flops: float
+    bytes: int
+
+
+def estimate_cost(family: Family) -> FamilyCost:
+    """Matmul FLOPs (forward 2 n P, training step 3x forward) and resident bytes (data,
+    parameters, gradients, optimizer state, activations) of a whole family."""
+    run = family.exemplar
+    d, t = run.data, run.train
+    dims = run.model.layer_dims(d.input_dim, d.n_outputs)
+    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    params = weights + (sum(dims[1:]) if run.model.bias else 0)
+    full_batch = t.batch_size == 0 or t.batch_size >= d.n_train
+    batch = d.n_train if full_batch else t.batch_size
+    n_logs = len(t.log_steps())
+    evaluated = d.n_test + (0 if full_batch else d.n_train)
+    flops_member = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
+    itemsize = 8 if t.dtype.value == "float64" else 4
+    states = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[t.optimizer]
+    data = (d.n_train + d.n_test) * (d.input_dim + d.n_outputs)
+    activations = 3 * max(batch, d.n_test) * sum(dims[1:])
+    per_member = itemsize * (data + params * (2 + states) + activations)
+    return FamilyCost(params, flops_member * family.size, per_member * family.size)

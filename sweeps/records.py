@@ -1,0 +1,90 @@
+"""A trained family -> rows of the ``runs`` and ``curves`` tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from core.train import FamilyResult
+from storage import schemas
+from sweeps.spec import RUN_SECTIONS, Choice, RunSpec
+
+# Config fields whose column name is not the field's own name.
+RENAMED = {("data", "kind"): "dataset", ("model", "kind"): "model", ("data", "seed"): "data_seed"}
+
+
+class RunStatus(Choice):
+    OK = "ok"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+
+def config_columns(run: RunSpec) -> dict[str, object]:
+    """Every field of the run's config under its ``runs`` column name."""
+    columns: dict[str, object] = {"experiment": run.experiment.value, "seed": run.seed}
+    for section in RUN_SECTIONS:
+        spec = getattr(run, section)
+        for f in dataclasses.fields(spec):
+            value = getattr(spec, f.name)
+            columns[RENAMED.get((section, f.name), f.name)] = getattr(value, "value", value)
+    return columns
+
+
+def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], result: FamilyResult,
+                          code_version: str, finished_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
+    """The ``runs`` rows (one per member) and ``curves`` rows of a trained family."""
+    rows = []
+    for f, run in enumerate(runs):
+        diverged = int(result.diverged_step[f])
+        train_loss, test_loss = float(result.train_loss[-1, f]), float(result.test_loss[-1, f])
+        train_error = None if result.train_error is None else float(result.train_error[-1, f])
+        test_error = None if result.test_error is None else float(result.test_error[-1, f])
+        gap = test_loss - train_loss if train_error is None else test_error - train_error
+        rows.append(_run_row(
+            sweep, family_id, run, len(runs), code_version, finished_at,
+            status=RunStatus.DIVERGED if diverged >= 0 else RunStatus.OK,
+            train_loss=train_loss, test_loss=test_loss, train_error=train_error, test_error=test_error,
+            gen_gap=gap, diverged_step=diverged if diverged >= 0 else None,
+            wall_seconds=result.wall_seconds, device=result.device,
+        ))
+    t, f = result.train_loss.shape
+    curves = pa.table({
+        "sweep": pa.array([sweep] * (t * f), pa.string()),
+        "run_id": pa.array(np.repeat([r.run_id for r in runs], t), pa.string()),
+        "step": pa.array(np.tile(result.steps, f), pa.int64()),
+        "train_loss": _curve(result.train_loss),
+        "test_loss": _curve(result.test_loss),
+        "train_error": _curve(result.train_error, t * f),
+        "test_error": _curve(result.test_error, t * f),
+        "theory_test_loss": pa.nulls(t * f, pa.float64()),
+    }, schema=schemas.CURVES)
+    return pa.Table.from_pylist(rows, schema=schemas.RUNS), curves
+
+
+def failed_family_table(sweep: str, family_id: str, runs: Sequence[RunSpec], message: str,
+                        code_version: str, finished_at: dt.datetime, device: str) -> pa.Table:
+    """``runs`` rows marking every member of a family whose training raised."""
+    rows = [_run_row(sweep, family_id, run, len(runs), code_version, finished_at,
+                     status=RunStatus.FAILED, error=message, device=device) for run in runs]
+    return pa.Table.from_pylist(rows, schema=schemas.RUNS)
+
+
+def _curve(values: np.ndarray | None, length: int = 0) -> pa.Array:
+    """``[T, F]`` -> member-major column (all steps of member 0, then member 1, ...)."""
+    if values is None:
+        return pa.nulls(length, pa.float64())
+    return pa.array(values.T.reshape(-1), pa.float64())
+
+
+def _run_row(sweep: str, family_id: str, run: RunSpec, family_size: int, code_version: str,
+             finished_at: dt.datetime, status: RunStatus, **measured: object) -> dict[str, object]:
+    return {
+        **config_columns(run),
+        "sweep": sweep, "run_id": run.run_id, "family_id": family_id, "family_size": family_size,
+        "status": status.value, "finished_at": finished_at, "config": run.canonical_json(),
+        "code_version": code_version, **measured,
+    }

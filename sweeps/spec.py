@@ -1,0 +1,335 @@
+"""The sweep spec: frozen, typed dataclasses, validated when built.
+
+A spec has one section per concern (``data``, ``model``, ``train``, ``measure``,
+``resources``) plus a ``grid`` of values to sweep. Every field has a default, documented
+by the comment above it (README's spec reference repeats them). Values are checked in
+``__post_init__`` and reported as ``FieldError``; the loader (``sweeps.load``) turns
+those into one-line ``SpecError`` messages that carry the file and the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FieldError(ValueError):
+    """A field value out of range; ``field`` is relative to its section."""
+
+    def __init__(self, field_name: str, expected: str, got: Any):
+        super().__init__(f"{field_name}: expected {expected}, got {got!r}")
+        self.field_name = field_name
+        self.expected = expected
+        self.got = got
+
+
+class Choice(str, enum.Enum):
+    """A string enum whose values are what users write in the spec."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def allowed(cls) -> str:
+        return " | ".join(f'"{m.value}"' for m in cls)
+
+
+class Experiment(Choice):
+    TRAIN = "train"
+
+
+class DataKind(Choice):
+    TEACHER_STUDENT = "teacher-student"
+    LINEAR_TEACHER = "linear-teacher"
+    GAUSSIAN_MIXTURE = "gaussian-mixture"
+
+    @property
+    def is_classification(self) -> bool:
+        return self is DataKind.GAUSSIAN_MIXTURE
+
+
+class ModelKind(Choice):
+    MLP = "mlp"
+    LINEAR = "linear"
+
+
+class Activation(Choice):
+    RELU = "relu"
+
+
+class Init(Choice):
+    DEFAULT = "default"
+    GAUSSIAN = "gaussian"
+
+
+class Optimizer(Choice):
+    GD = "gd"
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class DType(Choice):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+def _require(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise FieldError(name, expected, got)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the nets learn from. Deterministic given these fields."""
+
+    # Generator of inputs and targets: "teacher-student" (regression on a fixed random
+    # 2-layer ReLU teacher), "linear-teacher" (Advani & Saxe 2017) or "gaussian-mixture"
+    # (k-class classification).
+    kind: DataKind = DataKind.TEACHER_STUDENT
+    # Training samples (P in Advani & Saxe).
+    n_train: int = 1024
+    # Held-out samples, drawn from their own stream so they do not change with n_train.
+    n_test: int = 1024
+    # Input dimension (N in Advani & Saxe).
+    input_dim: int = 32
+    # Regression targets per sample (teacher-student); linear-teacher needs 1.
+    output_dim: int = 1
+    # Hidden width of the teacher-student teacher.
+    teacher_width: int = 32
+    # Classes of gaussian-mixture.
+    n_classes: int = 2
+    # gaussian-mixture: expected distance between two class means, in units of the
+    # within-class standard deviation (which is 1).
+    class_sep: float = 3.0
+    # teacher-student: noise std as a multiple of the clean targets' std.
+    # linear-teacher: sigma_eps / sigma_w (SNR = 1 / label_noise^2).
+    # gaussian-mixture: fraction of training labels replaced by another class.
+    label_noise: float = 0.0
+    # Seed of the data (teacher, inputs, noise); separate from the run's seed, so the
+    # teacher is fixed across a sweep unless this is swept.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
+        _require(self.n_test >= 1, "n_test", "an integer >= 1", self.n_test)
+        _require(self.input_dim >= 1, "input_dim", "an integer >= 1", self.input_dim)
+        _require(self.output_dim >= 1, "output_dim", "an integer >= 1", self.output_dim)
+        _require(self.teacher_width >= 1, "teacher_width", "an integer >= 1", self.teacher_width)
+        _require(self.n_classes >= 2, "n_classes", "an integer >= 2", self.n_classes)
+        _require(_finite(self.class_sep) and self.class_sep >= 0, "class_sep",
+                 "a finite number >= 0", self.class_sep)
+        _require(_finite(self.label_noise) and self.label_noise >= 0, "label_noise",
+                 "a finite number >= 0", self.label_noise)
+        if self.kind is DataKind.GAUSSIAN_MIXTURE:
+            _require(self.label_noise <= 1, "label_noise",
+                     "a fraction in [0, 1] for gaussian-mixture", self.label_noise)
+        if self.kind is DataKind.LINEAR_TEACHER:
+            _require(self.output_dim == 1, "output_dim", "1 for linear-teacher", self.output_dim)
+        _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the student's last layer."""
+        return self.n_classes if self.kind.is_classification else self.output_dim
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The student."""
+
+    # "mlp" (ReLU between layers, none after the last) or "linear" (a deep linear net).
+    kind: ModelKind = ModelKind.MLP
+    # Number of weight matrices, as in the theory papers: depth 1 is a linear model,
+    # depth L has L - 1 hidden layers of `width` units.
+    depth: int = 2
+    # Units per hidden layer (unused at depth 1).
+    width: int = 64
+    # Nonlinearity of "mlp"; the cushion definitions of Arora et al. assume ReLU.
+    activation: Activation = Activation.RELU
+    # Bias vectors; off by default, as in the theory papers.
+    bias: bool = False
+    # "default": PyTorch's nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
+    # and biases, times init_scale. "gaussian": weights N(0, (init_scale/sqrt(fan_in))^2),
+    # biases zero.
+    init: Init = Init.DEFAULT
+    # Multiplies the init. 0 gives zero init, allowed for "linear" models only (an MLP of
+    # depth >= 2 would sit on a saddle where every gradient vanishes).
+    init_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
+        _require(self.width >= 1, "width", "an integer >= 1", self.width)
+        _require(_finite(self.init_scale) and self.init_scale >= 0, "init_scale",
+                 "a finite number >= 0", self.init_scale)
+        if self.kind is ModelKind.MLP and self.depth >= 2:
+            _require(self.init_scale > 0, "init_scale",
+                     'a number > 0 for an "mlp" of depth >= 2 (0 is a saddle)', self.init_scale)
+
+    def layer_dims(self, n_inputs: int, n_outputs: int) -> list[int]:
+        """[d_0, ..., d_L]: layer i maps d_{i-1} -> d_i."""
+        return [n_inputs] + [self.width] * (self.depth - 1) + [n_outputs]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How every member is trained."""
+
+    # "gd" (full-batch gradient descent), "sgd" (minibatch SGD with optional momentum)
+    # or "adam".
+    optimizer: Optimizer = Optimizer.GD
+    # Step size; may differ between members of one family.
+    lr: float = 0.05
+    # Optimizer steps.
+    steps: int = 1000
+    # Samples per step; 0 = full batch. "gd" is always full batch.
+    batch_size: int = 0
+    # Heavy-ball momentum of "sgd" (PyTorch's convention: buf = m * buf + grad).
+    momentum: float = 0.0
+    # L2 penalty added to the gradient (PyTorch's weight_decay), for every optimizer.
+    weight_decay: float = 0.0
+    # Adam's moment decay rates and denominator guard.
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    # A curve point every this many steps, plus step 0 and the last step.
+    log_every: int = 20
+    # Floating-point type of data, weights and optimizer state.
+    dtype: DType = DType.FLOAT32
+
+    def __post_init__(self) -> None:
+        _require(_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        _require(self.steps >= 1, "steps", "an integer >= 1", self.steps)
+        _require(self.batch_size >= 0, "batch_size", "an integer >= 0 (0 = full batch)",
+                 self.batch_size)
+        if self.optimizer is Optimizer.GD:
+            _require(self.batch_size == 0, "batch_size",
+                     '0 for optimizer "gd" (full batch); use "sgd" for minibatches',
+                     self.batch_size)
+        _require(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum",
+                 "a number in [0, 1)", self.momentum)
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+                 "a finite number >= 0", self.weight_decay)
+        _require(_finite(self.beta1) and 0 <= self.beta1 < 1, "beta1", "a number in [0, 1)",
+                 self.beta1)
+        _require(_finite(self.beta2) and 0 <= self.beta2 < 1, "beta2", "a number in [0, 1)",
+                 self.beta2)
+        _require(_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
+        _require(self.log_every >= 1, "log_every", "an integer >= 1", self.log_every)
+
+    def log_steps(self) -> list[int]:
+        """Steps at which curves are recorded: 0, log_every, 2 log_every, ..., steps."""
+        return sorted(set(range(0, self.steps + 1, self.log_every)) | {self.steps})
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """Measurements after training. The measures arrive with their issues (cushions,
+    valleys, overtraining, acceleration); until then this section takes no keys."""
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What each family (one Ray task) asks of the cluster."""
+
+    # CPUs per family; also the number of torch threads inside the task.
+    num_cpus: float = 1.0
+    # GPUs per family; fractional values share a GPU between families.
+    num_gpus: float = 0.0
+    # Largest number of runs trained together as one stacked model.
+    max_family_size: int = 512
+    # Times Ray retries a family whose worker process or node died.
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        _require(_finite(self.num_cpus) and self.num_cpus > 0, "num_cpus",
+                 "a number > 0", self.num_cpus)
+        _require(_finite(self.num_gpus) and self.num_gpus >= 0, "num_gpus",
+                 "a number >= 0 (fractions share a GPU)", self.num_gpus)
+        if self.num_gpus > 1:
+            _require(float(self.num_gpus).is_integer(), "num_gpus",
+                     "a whole number when above 1", self.num_gpus)
+        _require(self.max_family_size >= 1, "max_family_size", "an integer >= 1",
+                 self.max_family_size)
+        _require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+
+
+# Sections a run's result depends on, by their spec key.
+RUN_SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully specified configuration: what a single net is and how it is trained."""
+
+    experiment: Experiment
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    # Seed of the init and of the minibatch order.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        if self.train.batch_size > self.data.n_train:
+            raise FieldError("train.batch_size", f"at most data.n_train = {self.data.n_train}",
+                             self.train.batch_size)
+
+    def to_config(self) -> dict[str, Any]:
+        """The run as plain JSON values; its canonical form defines ``run_id``."""
+        return {
+            "experiment": self.experiment.value,
+            "data": _section_to_dict(self.data),
+            "model": _section_to_dict(self.model),
+            "train": _section_to_dict(self.train),
+            "seed": self.seed,
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+
+    @property
+    def run_id(self) -> str:
+        """A stable hash of the canonical config: the same id in any process, any machine."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep: a base run, the grid swept over it, measures and resources."""
+
+    # Names the sweep in the results directory: letters, digits, '.', '_', '-'.
+    name: str
+    # What is run for each configuration; "train" trains the nets and logs curves.
+    experiment: Experiment = Experiment.TRAIN
+    # Seed of each run when the grid does not sweep "seed".
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    # Swept fields as (dotted path, values), in spec order; the runs are their product.
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # The TOML text exactly as written, stored in the `sweeps` table.
+    source: str = field(default="", compare=False)
+
+    def base_run(self) -> RunSpec:
+        return RunSpec(self.experiment, self.data, self.model, self.train, self.seed)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _section_to_dict(section: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        out[f.name] = value.value if isinstance(value, enum.Enum) else value
+    return out
