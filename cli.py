@@ -84,6 +84,10 @@ def launch(
         out.print(f"sweep [bold]{the_plan.sweep}[/bold]: {len(the_plan.runs)} runs planned, "
                   f"{len(the_plan.runs) - total} already done, {total} to run in "
                   f"{len(the_plan.families)} families ({backend.value} backend)", highlight=False)
+        if not the_plan.families:
+            out.print("nothing to run: every planned run is in the results already")
+        else:
+            runner.start()
         with SweepProgress(the_plan, out) as progress:
             summary = launch_plan(the_plan, results, runner, on_done=progress.advance)
     print_summary(summary)

@@ -57,7 +57,11 @@ def run_query(results: Path, sql: str) -> pa.Table:
     con = connect(results)
     try:
         relation = con.sql(sql)
-        return relation.fetch_arrow_table() if relation is not None else pa.table({})
+        if relation is None:  # a statement without a result
+            return pa.table({})
+        # DuckDB 2 names it to_arrow_table; 1.x returns a Table from arrow().
+        to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow
+        return to_arrow()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QueryError(f"query failed: {first}") from None

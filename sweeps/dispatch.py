@@ -26,12 +26,18 @@ class BackendName(Choice):
 
 
 class Backend(Protocol):
+    def start(self) -> None:
+        """Connect to (or start) whatever runs the families; idempotent."""
+
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Run every job, calling ``on_done`` in the driver as each one finishes."""
 
 
 class LocalBackend:
     """Families one after another, in this process."""
+
+    def start(self) -> None:
+        pass
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         for job in jobs:
@@ -49,7 +55,7 @@ class RayBackend:
     def __init__(self, address: str | None = None):
         self.address = address
 
-    def connect(self) -> None:
+    def start(self) -> None:
         import ray
 
         if ray.is_initialized():
@@ -65,7 +71,7 @@ class RayBackend:
         import ray
         from ray.exceptions import RayError
 
-        self.connect()
+        self.start()
         threads = max(1, math.floor(resources.num_cpus))
         task = ray.remote(execute_in_worker).options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,

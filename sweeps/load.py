@@ -165,7 +165,11 @@ def _check_grid_value(spec: SweepSpec, target: str, value: Any, path: str) -> An
     try:
         dataclasses.replace(getattr(spec, section), **{name: coerced})
     except FieldError as exc:
-        raise SpecError(f"{path}: expected {exc.expected}, got {exc.got!r}") from None
+        if exc.field_name == name:
+            raise SpecError(f"{path}: expected {exc.expected}, got {exc.got!r}") from None
+        shown = coerced.value if isinstance(coerced, Choice) else coerced
+        raise SpecError(f"{path}: {shown!r} does not fit {section}.{exc.field_name}: "
+                        f"expected {exc.expected}, got {exc.got!r}") from None
     return coerced
 
 

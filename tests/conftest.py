@@ -1,0 +1,68 @@
+"""Shared fixtures: temporary results directories, small specs, one Ray session."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+SMALL_SPEC = """
+name = "small"
+
+[data]
+kind = "teacher-student"
+n_train = 64
+n_test = 64
+input_dim = 8
+
+[model]
+kind = "mlp"
+width = 16
+
+[train]
+optimizer = "gd"
+lr = 0.1
+steps = 30
+log_every = 10
+
+[grid]
+depth = [1, 2]
+label_noise = [0.0, 0.5]
+seed = [0, 1]
+"""
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write spec text to a file and return its path."""
+
+    def write(text: str, name: str = "spec.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds).
+
+    Token authentication stays on: Ray 2.60 turns it on for local clusters by itself
+    (setting RAY_AUTH_MODE after ``import ray`` would disagree with Ray's cached config).
+    """
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             object_store_memory=200 * 1024**2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,141 @@
+"""The command line: exit codes, output, and nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from tests.conftest import SMALL_SPEC
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def spec(write_spec):
+    return write_spec(SMALL_SPEC)
+
+
+@pytest.fixture
+def launched(spec, results):
+    result = invoke("launch", spec, "--results", results, "--backend", "local")
+    assert result.exit_code == 0, result.output
+    return results
+
+
+def test_plan_prints_runs_and_families_and_writes_nothing(spec, results):
+    result = invoke("plan", spec)
+    assert result.exit_code == 0, result.output
+    assert "8 runs in 2 families" in result.output
+    assert "resources per family: 1 CPU, 0 GPU" in result.output
+    assert not results.exists()
+
+
+def test_launch_prints_a_summary(spec, results):
+    result = invoke("launch", spec, "--results", results, "--backend", "local")
+    assert result.exit_code == 0, result.output
+    assert "8 runs planned, 0 already done, 8 to run in 2 families" in result.output
+    assert "ran now" in result.output and "8/8 runs" in result.output
+    again = invoke("launch", spec, "--results", results, "--backend", "local")
+    assert again.exit_code == 0 and "nothing to run" in again.output
+
+
+def test_query_formats(launched, tmp_path):
+    sql = "SELECT depth, count(*) AS n FROM runs GROUP BY depth ORDER BY depth"
+    table = invoke("query", sql, "--results", launched)
+    assert table.exit_code == 0 and "depth" in table.output
+    csv = invoke("query", sql, "--results", launched, "--format", "csv")
+    assert csv.stdout == "depth,n\n1,4\n2,4\n"
+    js = invoke("query", sql, "--results", launched, "--format", "json")
+    assert json.loads(js.stdout) == [{"depth": 1, "n": 4}, {"depth": 2, "n": 4}]
+    out = tmp_path / "answer.csv"
+    to_file = invoke("query", sql, "--results", launched, "--format", "csv", "--out", out)
+    assert to_file.exit_code == 0 and to_file.stdout == "" and out.read_text() == "depth,n\n1,4\n2,4\n"
+
+
+def test_query_json_has_no_nan_and_iso_timestamps(launched):
+    js = invoke("query", "SELECT finished_at, train_error FROM runs LIMIT 1", "--results", launched,
+                "--format", "json")
+    row = json.loads(js.stdout)[0]
+    assert row["train_error"] is None and "T" in row["finished_at"]
+
+
+def test_query_on_an_empty_results_directory(results):
+    result = invoke("query", "SELECT count(*) AS n FROM runs", "--results", results, "--format", "csv")
+    assert result.exit_code == 0 and result.stdout == "n\n0\n"
+    assert not results.exists()
+
+
+def test_tables_lists_views_and_columns(results):
+    result = invoke("tables", "--results", results)
+    assert result.exit_code == 0
+    for word in ("runs", "curves", "sweeps", "theory_test_loss", "finished_at", "planned_runs"):
+        assert word in result.output
+
+
+def test_status(launched):
+    table = invoke("status", "--results", launched)
+    assert table.exit_code == 0 and "small" in table.output
+    js = json.loads(invoke("status", "small", "--results", launched, "--json").stdout)
+    assert js[0]["planned"] == 8 and js[0]["done"] == 8 and js[0]["remaining"] == 0
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ('name = "x"\n[model]\nwidth = -3', "model.width: expected an integer >= 1, got -3"),
+    ('name = "x"\n[data]\nn_train = 0', "data.n_train"),
+    ('name = "x"\n[data]\nkind = "imagenet"', "data.kind: expected one of"),
+    ('name = "x"\n[train]\nlr = 0', "train.lr: expected a finite number > 0"),
+    ('name = "x"\n[grid]\ndepth = []', "grid.depth: expected a non-empty list"),
+    ('name = "x"\nwat = 1', "wat: unknown key"),
+    ("not toml at all ===", "not valid TOML"),
+])
+@pytest.mark.parametrize("command", ["plan", "launch"])
+def test_bad_specs_exit_1_with_one_line_and_write_nothing(write_spec, results, body, fragment, command):
+    path = write_spec(body)
+    args = [command, path] + (["--results", results, "--backend", "local"] if command == "launch" else [])
+    line = one_line_error(invoke(*args))
+    assert fragment in line and str(path) in line
+    assert not results.exists()
+
+
+def test_missing_spec_file(tmp_path, results):
+    line = one_line_error(invoke("launch", tmp_path / "missing.toml", "--results", results))
+    assert "spec file not found" in line
+    assert not results.exists()
+
+
+def test_bad_sql_exits_1_and_writes_no_output_file(launched, tmp_path):
+    out = tmp_path / "x.csv"
+    line = one_line_error(invoke("query", "SELEC oops", "--results", launched, "--format", "csv", "--out", out))
+    assert "query failed" in line and not out.exists()
+
+
+def test_bad_name_option(spec, results):
+    line = one_line_error(invoke("launch", spec, "--results", results, "--name", "../up"))
+    assert "--name" in line and not results.exists()
+
+
+def test_unknown_sweep_status(launched):
+    line = one_line_error(invoke("status", "nope", "--results", launched))
+    assert "no sweep named 'nope'" in line and "small" in line
+
+
+def test_launch_on_local_ray(spec, results, ray_session):
+    result = invoke("launch", spec, "--results", results)
+    assert result.exit_code == 0, result.output
+    js = json.loads(invoke("status", "--results", results, "--json").stdout)
+    assert js[0]["ok"] == 8

@@ -1,0 +1,142 @@
+"""Spec parsing and validation: defaults, grid names, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import SpecError
+from sweeps.load import load_spec, parse_spec
+from sweeps.spec import DataKind, DataSpec, ModelSpec, Optimizer, ResourceSpec, TrainSpec
+
+
+def test_minimal_spec_takes_every_default():
+    spec = parse_spec('name = "x"')
+    assert spec.name == "x"
+    assert spec.data == DataSpec() and spec.model == ModelSpec() and spec.train == TrainSpec()
+    assert spec.resources == ResourceSpec() and spec.grid == ()
+    assert spec.data.kind is DataKind.TEACHER_STUDENT and spec.train.optimizer is Optimizer.GD
+
+
+def test_design_example_parses():
+    spec = parse_spec("""
+        name = "cushions-vs-noise"
+        experiment = "train"
+        [data]
+        kind = "teacher-student"
+        n_train = 1024
+        n_test = 1024
+        input_dim = 32
+        [model]
+        kind = "mlp"
+        activation = "relu"
+        [train]
+        optimizer = "gd"
+        lr = 0.05
+        steps = 2000
+        batch_size = 0
+        log_every = 20
+        [grid]
+        depth = [1, 2, 4]
+        width = [16, 64, 256]
+        init_scale = [0.5, 1.0, 2.0]
+        label_noise = [0.0, 0.2, 0.4]
+        seed = [0, 1, 2]
+        [resources]
+        num_cpus = 1
+        num_gpus = 0.5
+        max_family_size = 512
+    """.replace("\n        ", "\n"))
+    assert dict(spec.grid) == {
+        "model.depth": (1, 2, 4), "model.width": (16, 64, 256), "model.init_scale": (0.5, 1.0, 2.0),
+        "data.label_noise": (0.0, 0.2, 0.4), "seed": (0, 1, 2),
+    }
+    assert spec.resources.num_gpus == 0.5
+
+
+def test_dotted_grid_names_and_int_to_float():
+    spec = parse_spec('name = "x"\n[train]\nlr = 1\n[grid]\n"data.n_train" = [200, 800]\n"train.lr" = [1, 0.5]')
+    assert dict(spec.grid) == {"data.n_train": (200, 800), "train.lr": (1.0, 0.5)}
+    assert isinstance(spec.train.lr, float)
+    assert all(isinstance(v, float) for v in dict(spec.grid)["train.lr"])
+
+
+def test_spec_text_is_kept_verbatim():
+    text = '# a comment\nname = "x"   # trailing\n'
+    assert parse_spec(text).source == text
+
+
+BAD = [
+    # (spec body after the name line, fragments the one-line message must contain)
+    ("colour = 1", ["colour", "unknown key", "allowed", "name"]),
+    ("[model]\nwidht = 3", ["model.widht", "unknown key", "width"]),
+    ("[measure]\ncushionz = true", ["measure.cushionz", "unknown key"]),
+    ("[model]\nwidth = -3", ["model.width", ">= 1", "-3"]),
+    ("[model]\nwidth = 3.5", ["model.width", "integer", "3.5"]),
+    ("[model]\nwidth = true", ["model.width", "integer", "True"]),
+    ('[model]\nwidth = "64"', ["model.width", "integer", "'64'"]),
+    ("[data]\nn_train = 0", ["data.n_train", ">= 1", "0"]),
+    ('[data]\nkind = "imagenet"', ["data.kind", '"teacher-student"', '"gaussian-mixture"', "imagenet"]),
+    ("[train]\nlr = 0", ["train.lr", "> 0", "0.0"]),
+    ("[train]\nlr = -0.1", ["train.lr", "> 0"]),
+    ("[train]\nlr = nan", ["train.lr", "finite"]),
+    ('[train]\noptimizer = "lbfgs"', ["train.optimizer", '"gd" | "sgd" | "adam"', "lbfgs"]),
+    ("[train]\nbatch_size = 32", ["train.batch_size", '"sgd"']),
+    ("[train]\nsteps = 0", ["train.steps", ">= 1"]),
+    ("[resources]\nnum_gpus = -1", ["resources.num_gpus", ">= 0"]),
+    ("[resources]\nmax_family_size = 0", ["resources.max_family_size", ">= 1"]),
+    ('[model]\nkind = "mlp"\ninit_scale = 0', ["model.init_scale", "saddle"]),
+    ("[data]\nkind = \"gaussian-mixture\"\nlabel_noise = 1.5", ["data.label_noise", "[0, 1]"]),
+    ('experiment = "dance"', ["experiment", '"train"', "dance"]),
+    ("data = 3", ["data", "table"]),
+    ("[grid]\nwidth = []", ["grid.width", "non-empty list"]),
+    ("[grid]\nwidth = 16", ["grid.width", "non-empty list"]),
+    ("[grid]\nwidth = [16, -2]", ["grid.width[1]", ">= 1", "-2"]),
+    ("[grid]\nwidth = [16, 16]", ["grid.width[1]", "twice"]),
+    ('[grid]\n"model.colour" = [1]', ["grid.model.colour", "not a sweepable field", "data.n_train"]),
+    ('[grid]\n"resources.num_cpus" = [1]', ["grid.resources.num_cpus", "not a sweepable field"]),
+    ('[grid]\ndepth = [1]\n"model.depth" = [2]', ["grid.model.depth", "again"]),
+    ('[grid]\n"data.kind" = ["teacher-student", "mnist"]', ["grid.data.kind[1]", '"linear-teacher"', "mnist"]),
+    ("[grid]\nseed = [-1]", ["grid.seed[0]", ">= 0"]),
+]
+
+
+@pytest.mark.parametrize("body,fragments", BAD, ids=[b.split("\n")[-1] for b, _ in BAD])
+def test_bad_values_give_one_line_with_the_key_path(body, fragments):
+    with pytest.raises(SpecError) as info:
+        parse_spec('name = "x"\n' + body, origin="spec.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("spec.toml: ")
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_missing_name():
+    with pytest.raises(SpecError, match="name: missing"):
+        parse_spec("[data]\nn_train = 3")
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", ".hidden", "has space", "x" * 200])
+def test_bad_sweep_names(name):
+    with pytest.raises(SpecError, match="name: expected letters"):
+        parse_spec(f'name = "{name}"')
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_not_toml(write_spec):
+    path = write_spec("this is = = not toml\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: not valid TOML")
+    assert "\n" not in str(info.value)
+
+
+def test_binary_file(tmp_path):
+    path = tmp_path / "spec.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SpecError, match="UTF-8"):
+        load_spec(path)

@@ -1,0 +1,206 @@
+"""The stacked trainer against an oracle: each member trained alone by plain PyTorch
+(``nn.Linear`` layers, ``torch.optim``), in float64."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as nnf
+
+from core.data import make_dataset
+from core.models import init_member
+from core.seeding import generator
+from core.train import train_family
+from sweeps.spec import (
+    DataKind, DataSpec, DType, Experiment, Init, ModelKind, ModelSpec, Optimizer, RunSpec, TrainSpec,
+)
+
+CPU = torch.device("cpu")
+
+
+def reference_curves(run: RunSpec) -> dict[str, np.ndarray]:
+    """Train ``run`` alone with nn.Linear + torch.optim; the same data, init and batch order."""
+    data = make_dataset(run.data)
+    dims = run.model.layer_dims(run.data.input_dim, data.n_outputs)
+    init = init_member(run.model, dims, run.seed)
+    layers = []
+    for i, w in enumerate(init.weights):
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=run.model.bias, dtype=torch.float64)
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if run.model.bias:
+                layer.bias.copy_(init.biases[i])
+        layers.append(layer)
+
+    def net(x):
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if run.model.kind is ModelKind.MLP and i < len(layers) - 1:
+                x = torch.relu(x)
+        return x
+
+    def loss_and_error(x, y):
+        out = net(x)
+        if data.classification:
+            return nnf.cross_entropy(out, y), (out.argmax(1) != y).double().mean()
+        return nnf.mse_loss(out, y), torch.tensor(float("nan"))
+
+    params = [p for layer in layers for p in layer.parameters()]
+    t = run.train
+    if t.optimizer is Optimizer.ADAM:
+        opt = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum if t.optimizer is Optimizer.SGD else 0.0,
+                              weight_decay=t.weight_decay)
+    stream = generator(run.seed, "batches")
+    order, pos = None, data.x_train.shape[0]
+    curves = {k: [] for k in ("train_loss", "test_loss", "train_error", "test_error")}
+    for step in range(t.steps + 1):
+        if step in t.log_steps():
+            with torch.no_grad():
+                for split, (x, y) in {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}.items():
+                    loss, error = loss_and_error(x, y)
+                    curves[f"{split}_loss"].append(loss.item())
+                    curves[f"{split}_error"].append(error.item())
+        if step == t.steps:
+            break
+        if t.batch_size == 0:
+            xb, yb = data.x_train, data.y_train
+        else:
+            if pos >= data.x_train.shape[0]:
+                order, pos = torch.randperm(data.x_train.shape[0], generator=stream), 0
+            idx = order[pos:pos + t.batch_size]
+            pos += t.batch_size
+            xb, yb = data.x_train[idx], data.y_train[idx]
+        opt.zero_grad()
+        loss_and_error(xb, yb)[0].backward()
+        opt.step()
+    return {k: np.asarray(v) for k, v in curves.items()}
+
+
+def make_runs(base: RunSpec, **axes) -> list[RunSpec]:
+    """The product of ``axes`` (``"section.field"`` -> values) over ``base``."""
+    runs = []
+    for values in itertools.product(*axes.values()):
+        run = base
+        for key, value in zip(axes, values):
+            section, _, name = key.partition("__")
+            if not name:
+                run = dataclasses.replace(run, **{section: value})
+            else:
+                run = dataclasses.replace(run, **{section: dataclasses.replace(getattr(run, section), **{name: value})})
+        runs.append(run)
+    return runs
+
+
+def base_run(data: DataSpec, model: ModelSpec, train: TrainSpec) -> RunSpec:
+    return RunSpec(Experiment.TRAIN, data, model, dataclasses.replace(train, dtype=DType.FLOAT64, log_every=5))
+
+
+FAMILIES = {
+    "gd-mlp-regression": make_runs(
+        base_run(DataSpec(n_train=48, n_test=32, input_dim=6, output_dim=2),
+                 ModelSpec(depth=3, width=12), TrainSpec(lr=0.1, steps=25)),
+        seed=[0, 1], train__lr=[0.05, 0.2], data__label_noise=[0.0, 0.7], model__init_scale=[0.5, 1.5],
+    ),
+    "sgd-momentum-mlp-classification-bias": make_runs(
+        base_run(DataSpec(kind=DataKind.GAUSSIAN_MIXTURE, n_train=40, n_test=24, input_dim=5, n_classes=3),
+                 ModelSpec(depth=2, width=10, bias=True),
+                 TrainSpec(optimizer=Optimizer.SGD, lr=0.1, steps=22, batch_size=12, weight_decay=1e-3)),
+        seed=[0, 3], train__momentum=[0.0, 0.9], data__label_noise=[0.0, 0.25],
+    ),
+    "adam-deep-linear-gaussian-init": make_runs(
+        base_run(DataSpec(kind=DataKind.LINEAR_TEACHER, n_train=30, n_test=20, input_dim=8, label_noise=0.5),
+                 ModelSpec(kind=ModelKind.LINEAR, depth=3, width=8, init=Init.GAUSSIAN),
+                 TrainSpec(optimizer=Optimizer.ADAM, lr=0.01, steps=20)),
+        seed=[0, 1], train__lr=[0.01, 0.03], train__beta1=[0.9, 0.5], data__seed=[0, 1],
+    ),
+    "adam-minibatch-bias": make_runs(
+        base_run(DataSpec(n_train=32, n_test=16, input_dim=4), ModelSpec(depth=2, width=6, bias=True),
+                 TrainSpec(optimizer=Optimizer.ADAM, lr=0.02, steps=15, batch_size=8, weight_decay=0.01)),
+        seed=[0, 1, 2],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_member_of_a_family_matches_plain_pytorch_alone(name):
+    runs = FAMILIES[name]
+    result = train_family(runs, CPU)
+    assert (result.diverged_step == -1).all()
+    for f, run in enumerate(runs):
+        expected = reference_curves(run)
+        np.testing.assert_array_equal(result.steps, run.train.log_steps())
+        for key in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(getattr(result, key)[:, f], expected[key], rtol=1e-6, err_msg=f"{key} member {f}")
+        if run.data.kind.is_classification:
+            for key in ("train_error", "test_error"):
+                np.testing.assert_allclose(getattr(result, key)[:, f], expected[key], atol=1e-12)
+        else:
+            assert result.train_error is None
+
+
+def test_member_in_a_family_equals_a_family_of_one():
+    runs = FAMILIES["sgd-momentum-mlp-classification-bias"]
+    together = train_family(runs, CPU)
+    for f in (0, 5):
+        alone = train_family([runs[f]], CPU)
+        np.testing.assert_allclose(together.train_loss[:, f], alone.train_loss[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(together.test_loss[:, f], alone.test_loss[:, 0], rtol=1e-6)
+        for layer in range(2):
+            torch.testing.assert_close(together.params.weights[layer][f], alone.params.weights[layer][0],
+                                       rtol=1e-6, atol=1e-9)
+
+
+def test_curves_log_step_zero_and_the_last_step():
+    run = base_run(DataSpec(n_train=8, n_test=8, input_dim=2), ModelSpec(depth=2, width=3), TrainSpec(steps=12))
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, log_every=5))
+    assert list(train_family([run], CPU).steps) == [0, 5, 10, 12]
+
+
+def test_a_diverging_member_is_frozen_and_its_siblings_carry_on():
+    # A deep linear net with a far too large step size overflows within a few steps.
+    base = base_run(DataSpec(n_train=32, n_test=16, input_dim=4), ModelSpec(kind=ModelKind.LINEAR, depth=3, width=8),
+                    TrainSpec(steps=40))
+    runs = make_runs(base, train__lr=[0.05, 50.0, 0.1])
+    result = train_family(runs, CPU)
+    assert result.diverged_step[0] == -1 and result.diverged_step[2] == -1
+    assert 0 < result.diverged_step[1] <= 40
+    assert not np.isfinite(result.train_loss[-1, 1])
+    for f in (0, 2):
+        np.testing.assert_allclose(result.train_loss[:, f], reference_curves(runs[f])["train_loss"], rtol=1e-6)
+    # frozen: the diverged member's weights are the ones it had when it was frozen, not NaN-poisoned further
+    assert all(torch.isfinite(w[0]).all() and torch.isfinite(w[2]).all() for w in result.params.weights)
+
+
+def test_float32_family_trains():
+    base = RunSpec(Experiment.TRAIN, DataSpec(n_train=64, n_test=64, input_dim=8), ModelSpec(depth=2, width=32),
+                   TrainSpec(lr=0.1, steps=100))
+    result = train_family(make_runs(base, seed=[0, 1]), CPU)
+    assert (result.train_loss[-1] < 0.5 * result.train_loss[0]).all()
+
+
+def test_default_init_is_pytorch_linear_init_times_scale():
+    model = ModelSpec(depth=2, width=400, bias=True, init_scale=2.0)
+    params = init_member(model, [100, 400, 1], seed=0)
+    w, b = params.weights[0], params.biases[0]
+    bound = 2.0 / 100 ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+    assert w.var().item() == pytest.approx(bound**2 / 3, rel=0.02)  # Var U(-a, a) = a^2 / 3
+    assert b.abs().max() <= bound
+
+
+def test_gaussian_init_std_and_zero_biases():
+    model = ModelSpec(depth=2, width=500, bias=True, init=Init.GAUSSIAN, init_scale=0.5)
+    params = init_member(model, [200, 500, 1], seed=1)
+    assert params.weights[0].std().item() == pytest.approx(0.5 / 200 ** 0.5, rel=0.01)
+    assert (params.biases[0] == 0).all()
+
+
+def test_zero_init_scale_gives_zero_weights():
+    params = init_member(ModelSpec(kind=ModelKind.LINEAR, depth=1, init_scale=0.0), [5, 1], seed=0)
+    assert (params.weights[0] == 0).all()
