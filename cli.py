@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -187,17 +188,18 @@ def print_plan(the_plan: Plan) -> None:
     costs = [estimate_cost(f) for f in the_plan.families]
     out.print(f"sweep [bold]{the_plan.sweep}[/bold] ({spec.experiment.value}): "
               f"{len(the_plan.runs)} runs in {len(the_plan.families)} families; grid: {axes}", highlight=False)
-    table = Table(title="families")
-    for column in ("family", "runs", "data", "model", "depth", "width", "optimizer", "steps", "batch",
-                   "params/net", "GFLOP", "memory"):
-        table.add_column(column, justify="left" if column in ("family", "data", "model", "optimizer") else "right")
+    table = Table(title="families", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("family", "runs", "data", "net", "training", "params", "GFLOP", "memory"):
+        table.add_column(header, justify="right" if header in ("runs", "params", "GFLOP", "memory") else "left")
     shown = 20
     for family, cost in list(zip(the_plan.families, costs))[:shown]:
         run = family.exemplar
-        table.add_row(family.family_id, str(family.size), run.data.kind.value, run.model.kind.value,
-                      str(run.model.depth), str(run.model.width), run.train.optimizer.value,
-                      str(run.train.steps), str(run.train.batch_size or "full"), f"{cost.params_per_member:,}",
-                      f"{cost.flops / 1e9:.1f}", _bytes(cost.bytes))
+        net = f"{run.model.kind.value} depth {run.model.depth}" + (
+            f" width {run.model.width}" if run.model.depth > 1 else "")
+        batch = f"batch {run.train.batch_size}" if run.train.batch_size else "full batch"
+        training = f"{run.train.optimizer.value}, {run.train.steps} steps, {batch}"
+        table.add_row(family.family_id[:8], str(family.size), run.data.kind.value, net, training,
+                      f"{cost.params_per_member:,}", f"{cost.flops / 1e9:.1f}", _bytes(cost.bytes))
     out.print(table)
     if len(the_plan.families) > shown:
         out.print(f"... and {len(the_plan.families) - shown} more families")
