@@ -88,7 +88,7 @@ def launch(
         if not the_plan.families:
             out.print("nothing to run: every planned run is in the results already")
         else:
-            runner.start()
+            runner.start(sweep_spec.resources)
         with SweepProgress(the_plan, out) as progress:
             summary = launch_plan(the_plan, results, runner, on_done=progress.advance)
     print_summary(summary)

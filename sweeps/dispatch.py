@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
+import core
+import storage
+import sweeps
 from core.errors import TheoryscopeError
 from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker
 from sweeps.spec import Choice, ResourceSpec
@@ -26,8 +32,9 @@ class BackendName(Choice):
 
 
 class Backend(Protocol):
-    def start(self) -> None:
-        """Connect to (or start) whatever runs the families; idempotent."""
+    def start(self, resources: ResourceSpec) -> None:
+        """Connect to (or start) whatever runs the families, and check that it can give a
+        family ``resources``; idempotent."""
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Run every job, calling ``on_done`` in the driver as each one finishes."""
@@ -36,8 +43,8 @@ class Backend(Protocol):
 class LocalBackend:
     """Families one after another, in this process."""
 
-    def start(self) -> None:
-        pass
+    def start(self, resources: ResourceSpec) -> None:
+        pass  # a family asking for a GPU where there is none trains on the CPU
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         for job in jobs:
@@ -49,20 +56,33 @@ class RayBackend:
 
     With no address (and no ``RAY_ADDRESS``) ``ray.init`` starts a local Ray on this
     machine, without a dashboard and with Ray's token authentication left as Ray sets it.
+    With an address it joins that cluster and ships theoryscope's packages to it.
     A Ray session already open in this process (a notebook, a test) is reused.
     """
 
     def __init__(self, address: str | None = None):
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
 
-    def start(self) -> None:
+    def start(self, resources: ResourceSpec) -> None:
         import ray
 
-        if ray.is_initialized():
-            return
+        if not ray.is_initialized():
+            self._connect()
+        if not self.address:
+            # A cluster may autoscale to fit; the local Ray is all there is.
+            _check_feasible(resources, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+
+    def _connect(self) -> None:
+        import ray
+
+        options: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+        if self.address:
+            _check_reachable(self.address)
+            # Nodes of an existing cluster need not have theoryscope installed: ship our
+            # packages with the job (they still need torch, numpy, pyarrow).
+            options["runtime_env"] = {"py_modules": [str(Path(m.__file__).parent) for m in (core, sweeps, storage)]}
         try:
-            ray.init(address=self.address, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
@@ -71,7 +91,7 @@ class RayBackend:
         import ray
         from ray.exceptions import RayError
 
-        self.start()
+        self.start(resources)
         threads = max(1, math.floor(resources.num_cpus))
         task = ray.remote(execute_in_worker).options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
@@ -89,6 +109,36 @@ class RayBackend:
                     outcome = FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs),
                                             0.0, "unknown", f"{type(exc).__name__}: {first}")
                 on_done(outcome)
+
+
+def _check_feasible(resources: ResourceSpec, nodes: list[dict[str, float]]) -> None:
+    """Refuse a family no node can host: Ray would keep it pending forever."""
+    need = {"CPU": resources.num_cpus, "GPU": resources.num_gpus}
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items() if v > 0) for node in nodes):
+        return
+    most = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in need}
+    raise TheoryscopeError(
+        f"no Ray node can run a family: resources ask for {resources.num_cpus:g} CPUs and "
+        f"{resources.num_gpus:g} GPUs per family, the largest node has {most['CPU']:g} CPUs and "
+        f"{most['GPU']:g} GPUs; lower resources.num_cpus / resources.num_gpus"
+        + (" (or use --backend local, which trains on the CPU when no GPU is visible)"
+           if resources.num_gpus > most["GPU"] else "")
+    )
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing listens at (Ray itself retries for minutes).
+    Only plain ``host:port`` addresses are probed; ``auto`` and ``ray://`` are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TheoryscopeError(
+            f"cannot reach Ray at {address}: {exc.strerror or exc}; is the cluster running, and is "
+            f"this the host:port of its head node (the address `ray start --head` printed)?"
+        ) from None
 
 
 def make_backend(name: BackendName, address: str | None) -> Backend:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import TheoryscopeError
+from core.errors import StorageError, TheoryscopeError
 from storage.parquet import read_column
 from sweeps.catalog import find_sweep, record_sweep, same_experiment
 from sweeps.dispatch import Backend
@@ -41,6 +41,8 @@ def prepare(spec: SweepSpec, results: Path, sweep: str | None = None) -> Plan:
     """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done.
     Refuses a name already used by a different spec. Writes nothing."""
     sweep = sweep or spec.name
+    if Path(results).exists() and not Path(results).is_dir():
+        raise StorageError(f"--results {results} is a file; give a directory (it is created if missing)")
     existing = find_sweep(results, sweep)
     if existing is not None and not same_experiment(existing.spec(), spec):
         raise TheoryscopeError(

@@ -139,3 +139,18 @@ def test_launch_on_local_ray(spec, results, ray_session):
     assert result.exit_code == 0, result.output
     js = json.loads(invoke("status", "--results", results, "--json").stdout)
     assert js[0]["ok"] == 8
+
+
+def test_a_gpu_family_on_a_machine_without_gpus_is_refused_before_anything_is_written(
+        write_spec, results, ray_session):
+    spec = write_spec(SMALL_SPEC + "\n[resources]\nnum_gpus = 0.5\n")
+    line = one_line_error(invoke("launch", spec, "--results", results))
+    assert "no Ray node can run a family" in line and "--backend local" in line
+    assert not results.exists()
+
+
+def test_results_that_is_a_file(spec, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    line = one_line_error(invoke("launch", spec, "--results", target, "--backend", "local"))
+    assert "is a file" in line and target.read_text() == "x"
