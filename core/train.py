@@ -13,6 +13,7 @@ objective); classification uses cross-entropy, with the 0-1 error rate reported 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as nnf
 
 from core import models
+from core.checkpoint import Checkpointer
 from core.data import Dataset, make_dataset
 from core.optim import Hyper, StackedOptimizer
 from core.seeding import generator
@@ -116,6 +118,16 @@ class BatchOrder:
         self.pos += self.batch_size
         return idx
 
+    def state(self) -> dict:
+        return {"streams": [g.get_state() for g in self.streams], "pos": self.pos,
+                "order": None if self.order is None else self.order.cpu()}
+
+    def restore(self, state: dict) -> None:
+        for g, saved in zip(self.streams, state["streams"]):
+            g.set_state(saved)
+        self.pos = state["pos"]
+        self.order = None if state["order"] is None else state["order"].to(self.device)
+
 
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx [F, b]`` of each member's ``t [F, n, ...]``."""
@@ -123,82 +135,158 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(t, 1, expanded)
 
 
-def train_family(runs: Sequence[RunSpec], device: torch.device) -> FamilyResult:
-    """Train ``runs`` (one family: same shapes and loop) together on ``device``."""
-    first = runs[0]
-    t_spec, d_spec, m_spec = first.train, first.data, first.model
-    dtype = DTYPES[t_spec.dtype]
-    data = stack_data(runs, dtype, device)
-    dims = m_spec.layer_dims(d_spec.input_dim, d_spec.n_outputs)
-    params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, dtype, device)
-    tensors = params.tensors()
-    for p in tensors:
-        p.requires_grad_(True)
-    optimizer = StackedOptimizer(t_spec.optimizer, _hyper(runs, dtype, device), tensors)
-    nonlinear = models.is_nonlinear(m_spec.kind)
-    n_train, batch_size = d_spec.n_train, t_spec.batch_size
-    full_batch = batch_size == 0 or batch_size >= n_train
-    batches = None if full_batch else BatchOrder([r.seed for r in runs], n_train, batch_size, device)
+class FamilyTraining:
+    """One family's training, step by step, with everything needed to stop and continue.
 
-    log_steps = t_spec.log_steps()
-    f = len(runs)
-    curves = torch.full((4, len(log_steps), f), float("nan"), dtype=dtype, device=device)
-    active = torch.ones(f, dtype=torch.bool, device=device)
-    diverged_step = torch.full((f,), -1, dtype=torch.long, device=device)
-    log_row = {s: i for i, s in enumerate(log_steps)}
+    The state is the stacked parameters, the optimizer's buffers and step count, each
+    member's batch-order stream, the curves so far, which members are still active and
+    when the others diverged. ``state_dict``/``load_state_dict`` round-trip all of it, so
+    a family continued from a checkpoint computes exactly what it would have computed.
+    """
 
-    def evaluate(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __init__(self, runs: Sequence[RunSpec], device: torch.device):
+        first = runs[0]
+        self.runs, self.device = list(runs), device
+        self.spec_train, spec_data, spec_model = first.train, first.data, first.model
+        self.dtype = DTYPES[self.spec_train.dtype]
+        self.data = stack_data(runs, self.dtype, device)
+        dims = spec_model.layer_dims(spec_data.input_dim, spec_data.n_outputs)
+        self.params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, self.dtype, device)
+        self.tensors = self.params.tensors()
+        self.optimizer = StackedOptimizer(self.spec_train.optimizer, _hyper(runs, self.dtype, device), self.tensors)
+        self.nonlinear = models.is_nonlinear(spec_model.kind)
+        batch_size = self.spec_train.batch_size
+        self.full_batch = batch_size == 0 or batch_size >= spec_data.n_train
+        self.batches = None if self.full_batch else BatchOrder([r.seed for r in runs], spec_data.n_train,
+                                                                batch_size, device)
+        self.log_steps = self.spec_train.log_steps()
+        self.log_row = {s: i for i, s in enumerate(self.log_steps)}
+        f = len(runs)
+        self.curves = torch.full((4, len(self.log_steps), f), float("nan"), dtype=self.dtype, device=device)
+        self.active = torch.ones(f, dtype=torch.bool, device=device)
+        self.diverged_step = torch.full((f,), -1, dtype=torch.long, device=device)
+        self.step = 0  # the next step to run
+        self.elapsed = 0.0  # training seconds, summed over every attempt
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
-            return member_losses(models.forward(params, x, nonlinear), y, data.classification)
+            return member_losses(models.forward(self.params, x, self.nonlinear), y, self.data.classification)
 
-    def record(row: int, which: int, loss: torch.Tensor, error: torch.Tensor | None) -> None:
-        curves[which, row] = loss.detach()
+    def _record(self, row: int, which: int, loss: torch.Tensor, error: torch.Tensor | None) -> None:
+        self.curves[which, row] = loss.detach()
         if error is not None:
-            curves[which + 2, row] = error.detach()
+            self.curves[which + 2, row] = error.detach()
 
-    start = time.perf_counter()
-    for step in range(t_spec.steps + 1):
-        if full_batch:
+    def run_step(self) -> None:
+        """Log (at logged steps), freeze what diverged, and take one optimizer step;
+        at ``step == steps`` only the final evaluation."""
+        step, data = self.step, self.data
+        training = step < self.spec_train.steps
+        if self.full_batch:
             xb, yb = data.x_train, data.y_train
         else:
-            idx = batches.next()
+            idx = self.batches.next()
             xb, yb = _gather(data.x_train, idx), _gather(data.y_train, idx)
-        training = step < t_spec.steps
+        for p in self.tensors:
+            p.requires_grad_(training)
         with torch.set_grad_enabled(training):
-            loss, error = member_losses(models.forward(params, xb, nonlinear), yb, data.classification)
+            loss, error = member_losses(models.forward(self.params, xb, self.nonlinear), yb, data.classification)
         # A member is frozen once its loss on this step's batch, or its full training
         # loss at a logged step, is no longer finite.
         bad = ~torch.isfinite(loss.detach())
-        row = log_row.get(step)
+        row = self.log_row.get(step)
         if row is not None:
-            train_loss, train_error = (loss, error) if full_batch else evaluate(data.x_train, data.y_train)
-            record(row, 0, train_loss, train_error)
-            record(row, 1, *evaluate(data.x_test, data.y_test))
+            train_loss, train_error = (loss, error) if self.full_batch else self._evaluate(data.x_train, data.y_train)
+            self._record(row, 0, train_loss, train_error)
+            self._record(row, 1, *self._evaluate(data.x_test, data.y_test))
             bad |= ~torch.isfinite(train_loss.detach())
-        diverged_step = torch.where(active & bad, step, diverged_step)
-        active &= ~bad
-        if not training:
-            break
-        total = torch.where(active, loss, 0.0).sum()
-        grads = torch.autograd.grad(total, tensors)
-        optimizer.step(tensors, grads, active)
+        self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
+        self.active &= ~bad
+        if training:
+            total = torch.where(self.active, loss, 0.0).sum()
+            grads = torch.autograd.grad(total, self.tensors)
+            self.optimizer.step(self.tensors, grads, self.active)
+        self.step += 1
 
+    @property
+    def finished(self) -> bool:
+        return self.step > self.spec_train.steps
+
+    def state_dict(self) -> dict:
+        """Everything that changes during training, on the CPU."""
+        return {
+            "run_ids": [r.run_id for r in self.runs],
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "params": [p.detach().cpu() for p in self.tensors],
+            "optimizer": [s.cpu() for s in self.optimizer.state_tensors()],
+            "optimizer_t": self.optimizer.t,
+            "curves": self.curves.cpu(),
+            "active": self.active.cpu(),
+            "diverged_step": self.diverged_step.cpu(),
+            "batches": None if self.batches is None else self.batches.state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["run_ids"] != [r.run_id for r in self.runs]:
+            raise ValueError("the checkpoint belongs to other runs")
+        with torch.no_grad():
+            for p, saved in zip(self.tensors, state["params"]):
+                p.copy_(saved)
+            for s, saved in zip(self.optimizer.state_tensors(), state["optimizer"]):
+                s.copy_(saved)
+        self.optimizer.t = state["optimizer_t"]
+        self.curves = state["curves"].to(self.device)
+        self.active = state["active"].to(self.device)
+        self.diverged_step = state["diverged_step"].to(self.device)
+        if self.batches is not None:
+            self.batches.restore(state["batches"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+
+    def result(self) -> FamilyResult:
+        host = self.curves.double().cpu().numpy()
+        errors = self.data.classification
+        weights = [w.detach().cpu() for w in self.params.weights]
+        biases = None if self.params.biases is None else [b.detach().cpu() for b in self.params.biases]
+        return FamilyResult(
+            steps=np.asarray(self.log_steps, dtype=np.int64),
+            train_loss=host[0], test_loss=host[1],
+            train_error=host[2] if errors else None, test_error=host[3] if errors else None,
+            diverged_step=self.diverged_step.cpu().numpy(),
+            params=models.Params(weights, biases),
+            wall_seconds=self.elapsed, device=describe_device(self.device),
+        )
+
+
+def train_family(runs: Sequence[RunSpec], device: torch.device,
+                 checkpoint: Checkpointer | None = None) -> FamilyResult:
+    """Train ``runs`` (one family: same shapes and loop) together on ``device``.
+
+    With a ``checkpoint``, training continues from its file if there is one for these
+    runs, and saves to it as often as it says; the caller removes it when done.
+    """
+    training = FamilyTraining(runs, device)
+    if checkpoint is not None:
+        saved = checkpoint.load()
+        if saved is not None:
+            try:
+                training.load_state_dict(saved)
+            except (ValueError, KeyError, RuntimeError) as exc:  # other runs or shapes: start over
+                warnings.warn(f"ignoring checkpoint {checkpoint.path}: {exc}", RuntimeWarning, stacklevel=2)
+                training = FamilyTraining(runs, device)
+    start = time.perf_counter()
+    while not training.finished:
+        if checkpoint is not None and checkpoint.due(training.step):
+            training.elapsed += time.perf_counter() - start
+            start = time.perf_counter()
+            checkpoint.save(training.state_dict())
+        training.run_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    wall = time.perf_counter() - start
-    host = curves.double().cpu().numpy()
-    errors = data.classification
-    for p in tensors:
+    training.elapsed += time.perf_counter() - start
+    for p in training.tensors:
         p.requires_grad_(False)
-    return FamilyResult(
-        steps=np.asarray(log_steps, dtype=np.int64),
-        train_loss=host[0], test_loss=host[1],
-        train_error=host[2] if errors else None, test_error=host[3] if errors else None,
-        diverged_step=diverged_step.cpu().numpy(),
-        params=models.Params([w.detach().cpu() for w in params.weights],
-                             None if params.biases is None else [b.detach().cpu() for b in params.biases]),
-        wall_seconds=wall, device=describe_device(device),
-    )
+    return training.result()
 
 
 def describe_device(device: torch.device) -> str:

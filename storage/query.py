@@ -1,9 +1,10 @@
 """SQL over the results directory: DuckDB views named like the tables.
 
-Each view reads every ``<results>/<table>/sweep=*/*.parquet`` file with hive partitioning
-(the ``sweep`` column always a string) and ``union_by_name``, so files written by older
-versions with fewer columns still read, their missing columns null. A table with no files
-yet is an empty view with the table's columns.
+Each view reads every complete ``<results>/<table>/sweep=*/*.parquet`` file (damaged
+files and leftovers of interrupted writes are skipped; ``storage.parquet.scan``) with hive
+partitioning (the ``sweep`` column always a string) and ``union_by_name``, so files
+written by older versions with fewer columns still read, their missing columns null. A
+table with no files yet is an empty view with the table's columns.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from core.errors import QueryError
+from storage.parquet import Scan, scan
 from storage.schemas import TABLES
 
 _DUCKDB_TYPES = {
@@ -35,13 +37,22 @@ def _quote(text: str) -> str:
 
 
 def view_sql(results: Path, table: str) -> str:
-    directory = Path(results) / table
-    if any(directory.glob("sweep=*/*.parquet")):
-        pattern = _quote(str(directory / "sweep=*" / "*.parquet"))
-        return (f"SELECT * FROM read_parquet({pattern}, hive_partitioning = true, "
+    files = scan(results, table).complete
+    if files:
+        listed = ", ".join(_quote(str(p)) for p in files)
+        return (f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
                 f"union_by_name = true, hive_types = {{'sweep': 'VARCHAR'}})")
     columns = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in TABLES[table])
     return f"SELECT {columns} LIMIT 0"
+
+
+def debris(results: Path) -> Scan:
+    """Damaged and leftover files across every table (complete ones not listed)."""
+    found = Scan()
+    for table in (*TABLES, "checkpoints"):
+        found += scan(results, table)
+    found.complete = []
+    return found
 
 
 def connect(results: Path) -> duckdb.DuckDBPyConnection:

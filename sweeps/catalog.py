@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -12,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import schemas
-from storage.parquet import partition_dir, table_path, write_atomic
+from storage.parquet import scan, table_path, write_atomic
 from sweeps.load import parse_spec
+from sweeps.plan import expand_runs
 from sweeps.spec import SweepSpec
 from sweeps.version import code_version
 
@@ -30,8 +30,7 @@ class SweepRecord:
 
 
 def find_sweep(results: Path, sweep: str) -> SweepRecord | None:
-    directory = partition_dir(results, "sweeps", sweep)
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    files = scan(results, "sweeps", sweep).complete
     if not files:
         return None
     row = pq.read_table(files[0]).to_pylist()[0]
@@ -39,17 +38,13 @@ def find_sweep(results: Path, sweep: str) -> SweepRecord | None:
 
 
 def list_sweeps(results: Path) -> list[str]:
-    root = Path(results) / "sweeps"
-    if not root.is_dir():
-        return []
-    return sorted(p.name.removeprefix("sweep=") for p in root.glob("sweep=*")
-                  if any(p.glob("*.parquet")))
+    return sorted({p.parent.name.removeprefix("sweep=") for p in scan(results, "sweeps").complete})
 
 
 def same_experiment(a: SweepSpec, b: SweepSpec) -> bool:
-    """Whether two specs plan the same runs with the same settings (names and TOML
-    formatting aside)."""
-    return dataclasses.replace(a, name="") == dataclasses.replace(b, name="")
+    """Whether two specs plan the same runs and measure them the same way. Names, TOML
+    formatting, resources and checkpoint cadence may differ: they do not change results."""
+    return a.measure == b.measure and [r.run_id for r in expand_runs(a)] == [r.run_id for r in expand_runs(b)]
 
 
 def record_sweep(results: Path, sweep: str, spec: SweepSpec, planned_runs: int) -> SweepRecord:

@@ -20,7 +20,7 @@ import core
 import storage
 import sweeps
 from core.errors import TheoryscopeError
-from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker
+from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure
 from sweeps.spec import Choice, ResourceSpec
 
 OnDone = Callable[[FamilyOutcome], None]
@@ -60,8 +60,10 @@ class RayBackend:
     A Ray session already open in this process (a notebook, a test) is reused.
     """
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None,
+                 task: Callable[[FamilyJob, int], FamilyOutcome] = execute_in_worker):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.task = task  # what each Ray task runs; tests inject faults here
 
     def start(self, resources: ResourceSpec) -> None:
         import ray
@@ -88,27 +90,40 @@ class RayBackend:
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
+        """Submit every family, report each as it finishes. A family whose worker died
+        more often than ``max_retries`` is recorded as failed. On KeyboardInterrupt every
+        family still running or queued is cancelled (its worker killed; finished
+        families stay) and the interrupt propagates."""
         import ray
         from ray.exceptions import RayError
 
         self.start(resources)
         threads = max(1, math.floor(resources.num_cpus))
-        task = ray.remote(execute_in_worker).options(
+        task = ray.remote(self.task).options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
             max_retries=resources.max_retries, retry_exceptions=False,
         )
         pending = {task.remote(job, threads): job for job in jobs}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except RayError as exc:  # the worker died past its retries, or our code raised
-                    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    outcome = FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs),
-                                            0.0, "unknown", f"{type(exc).__name__}: {first}")
-                on_done(outcome)
+        try:
+            while pending:
+                # A timeout, so a Ctrl-C is seen promptly.
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for ref in done:
+                    job = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except RayError as exc:  # the worker died past its retries, or our code raised
+                        outcome = record_failure(job, _one_line(exc))
+                    on_done(outcome)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 def _check_feasible(resources: ResourceSpec, nodes: list[dict[str, float]]) -> None:

@@ -2,7 +2,10 @@
 
 ``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
 both backends produce identical tables. The family's files are published curves first,
-runs last: a ``runs`` file is the mark that the family is done.
+runs last: a ``runs`` file is the mark that the family is done. While it trains, the
+family checkpoints under ``<results>/checkpoints/sweep=<name>/<family_id>.pt``; a retried
+or resumed family continues from there, and the checkpoint is removed once the rows are
+published.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import Checkpointer
 from core.train import describe_device, pick_device, train_family
-from storage.parquet import table_path, write_atomic
+from storage.parquet import partition_dir, table_path, write_atomic
 from sweeps.records import RunStatus, failed_family_table, trained_family_tables
 from sweeps.spec import RunSpec
 from sweeps.version import code_version
@@ -29,6 +33,10 @@ class FamilyJob:
     runs: tuple[RunSpec, ...]
     results: str
     num_gpus: float = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return partition_dir(Path(self.results), "checkpoints", self.sweep) / f"{self.family_id}.pt"
 
 
 @dataclass(frozen=True)
@@ -50,25 +58,29 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     as ``status = 'failed'`` rows carrying the message, not raised."""
     device = pick_device(job.num_gpus)
     results = Path(job.results)
-    version = code_version()
+    checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
-        result = train_family(job.runs, device)
+        result = train_family(job.runs, device, checkpoint)
     except Exception as exc:  # recorded in the runs table; the other families carry on
-        message = f"{type(exc).__name__}: {exc}"
-        runs_table = failed_family_table(job.sweep, job.family_id, job.runs, message, version,
-                                         _now(), describe_device(device))
-        write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
-        return FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs), 0.0,
-                             describe_device(device), message)
+        return record_failure(job, f"{type(exc).__name__}: {exc}", describe_device(device))
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
-                                                     version, _now())
+                                                     code_version(), _now())
     write_atomic(curves_table, table_path(results, "curves", job.sweep, job.family_id))
     write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
+    checkpoint.remove()
     statuses = runs_table.column("status").to_pylist()
     return FamilyOutcome(
         job.family_id, len(job.runs), statuses.count(RunStatus.OK.value),
         statuses.count(RunStatus.DIVERGED.value), 0, result.wall_seconds, result.device,
     )
+
+
+def record_failure(job: FamilyJob, message: str, device: str = "unknown") -> FamilyOutcome:
+    """Publish ``status = 'failed'`` rows for every run of the family. Its checkpoint is
+    kept, so ``resume --retry-failed`` continues where it stopped."""
+    table = failed_family_table(job.sweep, job.family_id, job.runs, message, code_version(), _now(), device)
+    write_atomic(table, table_path(Path(job.results), "runs", job.sweep, job.family_id))
+    return FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs), 0.0, device, message)
 
 
 def execute_in_worker(job: FamilyJob, num_threads: int) -> FamilyOutcome:

@@ -1,24 +1,32 @@
-"""Launch a sweep: plan it against what is already on disk, record it, run the rest.
+"""Launch and resume sweeps: plan against what is on disk, record the sweep, run the rest.
 
-What is done is read from the Parquet files alone: a run whose id has a ``runs`` row in
-the sweep's partition is not run again, so launching the same spec twice (or after an
-interruption) runs only what is missing.
+What is done is read from the Parquet files alone: a run with a ``runs`` row in a
+complete file of the sweep's partition is not run again (failed runs too, unless retried),
+so launching the same spec twice, or resuming after any interruption, runs exactly what
+is missing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import StorageError, TheoryscopeError
-from storage.parquet import read_column
-from sweeps.catalog import find_sweep, record_sweep, same_experiment
+import pyarrow.parquet as pq
+
+from core.errors import StorageError, SweepNotFound, TheoryscopeError
+from storage.parquet import Scan, clean, scan
+from sweeps.catalog import find_sweep, list_sweeps, record_sweep, same_experiment
 from sweeps.dispatch import Backend
 from sweeps.execute import FamilyJob, FamilyOutcome
 from sweeps.plan import Plan, plan_sweep
+from sweeps.records import RunStatus
 from sweeps.spec import SweepSpec
+
+# Tables a family writes, plus its checkpoints; cleaned before a sweep runs.
+SWEEP_DIRS = ("sweeps", "runs", "curves", "checkpoints")
 
 
 @dataclass
@@ -32,34 +40,100 @@ class LaunchSummary:
     families: int
     outcomes: list[FamilyOutcome] = field(default_factory=list)
     wall_seconds: float = 0.0
+    removed: list[Path] = field(default_factory=list)
 
     def total(self, name: str) -> int:
         return sum(getattr(o, name) for o in self.outcomes)
 
 
-def prepare(spec: SweepSpec, results: Path, sweep: str | None = None) -> Plan:
-    """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done.
-    Refuses a name already used by a different spec. Writes nothing."""
-    sweep = sweep or spec.name
+def _check_results_dir(results: Path) -> None:
     if Path(results).exists() and not Path(results).is_dir():
         raise StorageError(f"--results {results} is a file; give a directory (it is created if missing)")
+
+
+def done_runs(results: Path, sweep: str, retry_failed: bool = False) -> frozenset[str]:
+    """Run ids with a row in the sweep's complete ``runs`` files (failed ones left out
+    when they are to be retried)."""
+    done = set()
+    for path in scan(results, "runs", sweep).complete:
+        table = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        done.update(r["run_id"] for r in table if not (retry_failed and r["status"] == RunStatus.FAILED.value))
+    return frozenset(done)
+
+
+def prepare(spec: SweepSpec, results: Path, sweep: str | None = None, force_new: bool = False,
+            retry_failed: bool = False) -> Plan:
+    """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done.
+
+    A name already used by a different spec is refused, or with ``force_new`` the spec
+    gets a fresh name derived from it, so the old results stay apart. Writes nothing.
+    """
+    _check_results_dir(results)
+    sweep = sweep or spec.name
     existing = find_sweep(results, sweep)
     if existing is not None and not same_experiment(existing.spec(), spec):
-        raise TheoryscopeError(
-            f"sweep {sweep!r} already exists in {results} with a different spec; "
-            f"launch this spec under a new name (--name NEW_NAME)"
-        )
-    done = frozenset(read_column(results, "runs", sweep, "run_id"))
-    return plan_sweep(spec, sweep, exclude=done)
+        fresh = _fresh_name(results, sweep, spec)
+        if not force_new:
+            raise TheoryscopeError(
+                f"sweep {sweep!r} already exists in {results} with a different spec; launch this spec "
+                f"under a new name (--name NEW_NAME), or with --force-new to launch it as {fresh!r} "
+                f"and keep the old results apart")
+        sweep = fresh
+    return plan_sweep(spec, sweep, exclude=done_runs(results, sweep, retry_failed))
+
+
+def prepare_resume(results: Path, sweep: str, retry_failed: bool = False) -> Plan:
+    """Plan a recorded sweep again from its stored spec, minus what is done."""
+    _check_results_dir(results)
+    record = find_sweep(results, sweep)
+    if record is None:
+        known = ", ".join(list_sweeps(results)) or "none"
+        raise SweepNotFound(f"no sweep named {sweep!r} in {results} (sweeps there: {known})")
+    return plan_sweep(record.spec(), sweep, exclude=done_runs(results, sweep, retry_failed))
+
+
+def _fresh_name(results: Path, sweep: str, spec: SweepSpec) -> str:
+    """``<name>-<spec hash>``, the first one not taken by another spec."""
+    digest = hashlib.sha256(spec.source.encode()).hexdigest()
+    for length in range(6, len(digest) + 1):
+        name = f"{sweep[:120]}-{digest[:length]}"
+        existing = find_sweep(results, name)
+        if existing is None or same_experiment(existing.spec(), spec):
+            return name
+    raise AssertionError("sha256 prefixes exhausted")
+
+
+def clean_sweep(results: Path, sweep: str) -> list[Path]:
+    """Remove damaged files and leftovers of interrupted writes from a sweep's
+    partitions; returns what was removed."""
+    found = Scan()
+    for table in SWEEP_DIRS:
+        found += scan(results, table, sweep)
+    return clean(found)
+
+
+def _drop_failed_families(results: Path, plan: Plan) -> None:
+    """Before failed runs are retried, remove the files that record them as failed, so
+    each run ends with exactly one row (a family fails as a whole, so such a file holds
+    nothing else)."""
+    retried = {r.run_id for f in plan.families for r in f.runs}
+    for path in scan(results, "runs", plan.sweep).complete:
+        rows = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        if rows and all(r["status"] == RunStatus.FAILED.value and r["run_id"] in retried for r in rows):
+            path.unlink()
 
 
 def launch(plan: Plan, results: Path, backend: Backend,
            on_done: Callable[[FamilyOutcome], None] | None = None) -> LaunchSummary:
-    """Record the sweep and run every family of ``plan`` on ``backend``."""
+    """Record the sweep, clean up after earlier interruptions, and run every family of
+    ``plan`` on ``backend``."""
     results = Path(results).resolve()
     record_sweep(results, plan.sweep, plan.spec, len(plan.runs))
+    removed = clean_sweep(results, plan.sweep)
+    _drop_failed_families(results, plan)
     todo = sum(f.size for f in plan.families)
-    summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families))
+    summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
+                            removed=removed)
     jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, str(results), plan.spec.resources.num_gpus)
             for f in plan.families]
 
@@ -69,7 +143,9 @@ def launch(plan: Plan, results: Path, backend: Backend,
             on_done(outcome)
 
     start = time.perf_counter()
-    if jobs:
-        backend.run(jobs, plan.spec.resources, finished)
-    summary.wall_seconds = time.perf_counter() - start
+    try:
+        if jobs:
+            backend.run(jobs, plan.spec.resources, finished)
+    finally:
+        summary.wall_seconds = time.perf_counter() - start
     return summary

@@ -28,6 +28,7 @@ from sweeps.spec import (
     ResourceSpec,
     SweepSpec,
     TrainSpec,
+    is_hashed,
 )
 
 SECTIONS: dict[str, type] = {
@@ -121,7 +122,7 @@ def resolve_grid_key(key: str) -> str:
         return target
     section, _, name = target.partition(".")
     cls = RUN_SECTIONS.get(section)
-    if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+    if cls is None or name not in {f.name for f in dataclasses.fields(cls) if is_hashed(f)}:
         raise SpecError(
             f"grid.{key}: not a sweepable field; use one of "
             f"{', '.join(SHORTHANDS)} or a dotted name of a field of "

@@ -111,14 +111,23 @@ def family_id(runs: Iterable[RunSpec]) -> str:
 
 def plan_sweep(spec: SweepSpec, sweep: str | None = None,
                exclude: frozenset[str] = frozenset()) -> Plan:
-    """Expand and pack a sweep; runs whose id is in ``exclude`` (already done) are left
-    out before packing, so what remains still trains in full families."""
+    """Expand and pack a sweep, then leave out the runs in ``exclude`` (already done).
+
+    Families are packed from *all* runs before anything is left out, so a family keeps
+    its id (and finds its checkpoint) however many times the sweep is resumed. A family
+    only part of which is done keeps its remaining members, under a new id.
+    """
     runs = expand_runs(spec)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise SpecError("the grid yields the same run twice; remove the repeated values")
-    todo = [r for r in runs if r.run_id not in exclude]
-    families = pack_families(todo, spec.resources.max_family_size)
+    families = []
+    for family in pack_families(runs, spec.resources.max_family_size):
+        todo = tuple(r for r in family.runs if r.run_id not in exclude)
+        if len(todo) == family.size:
+            families.append(family)
+        elif todo:
+            families.append(Family(family_id(todo), todo))
     return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families))
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from core.train import FamilyResult
 from storage import schemas
-from sweeps.spec import RUN_SECTIONS, Choice, RunSpec
+from sweeps.spec import RUN_SECTIONS, Choice, RunSpec, is_hashed
 
 # Config fields whose column name is not the field's own name.
 RENAMED = {("data", "kind"): "dataset", ("model", "kind"): "model", ("data", "seed"): "data_seed"}
@@ -29,6 +29,8 @@ def config_columns(run: RunSpec) -> dict[str, object]:
     for section in RUN_SECTIONS:
         spec = getattr(run, section)
         for f in dataclasses.fields(spec):
+            if not is_hashed(f):
+                continue
             value = getattr(spec, f.name)
             columns[RENAMED.get((section, f.name), f.name)] = getattr(value, "value", value)
     return columns

@@ -200,6 +200,10 @@ class TrainSpec:
     log_every: int = 20
     # Floating-point type of data, weights and optimizer state.
     dtype: DType = DType.FLOAT32
+    # Save the family's training state every this many steps (0 = every 2 minutes of
+    # training), so a retried or resumed family continues instead of restarting. It does
+    # not change results, so it is not part of the run id and cannot be swept.
+    checkpoint_every: int = field(default=0, metadata={"hashed": False})
 
     def __post_init__(self) -> None:
         _require(_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
@@ -220,6 +224,8 @@ class TrainSpec:
                  self.beta2)
         _require(_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
         _require(self.log_every >= 1, "log_every", "an integer >= 1", self.log_every)
+        _require(self.checkpoint_every >= 0, "checkpoint_every",
+                 "an integer >= 0 (0 = every 2 minutes)", self.checkpoint_every)
 
     def log_steps(self) -> list[int]:
         """Steps at which curves are recorded: 0, log_every, 2 log_every, ..., steps."""
@@ -327,9 +333,16 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def is_hashed(f: dataclasses.Field) -> bool:
+    """Whether a spec field can change a run's results (and so is part of its id)."""
+    return f.metadata.get("hashed", True)
+
+
 def _section_to_dict(section: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(section):
+        if not is_hashed(f):
+            continue
         value = getattr(section, f.name)
         out[f.name] = value.value if isinstance(value, enum.Enum) else value
     return out

@@ -113,3 +113,11 @@ def test_zero_init_is_fine_for_linear_models_only():
     combined = parse_spec('name = "x"\n[model]\nkind = "linear"\n[grid]\n"model.kind" = ["linear", "mlp"]\ninit_scale = [0, 1]')
     with pytest.raises(SpecError, match="model.kind = 'mlp', model.init_scale = 0.0.*saddle"):
         plan_sweep(combined)
+
+
+def test_checkpoint_cadence_is_not_part_of_the_run_id_and_cannot_be_swept():
+    a = plan_sweep(parse_spec('name = "a"\n[train]\ncheckpoint_every = 5')).runs[0]
+    b = plan_sweep(parse_spec('name = "a"')).runs[0]
+    assert a.run_id == b.run_id and "checkpoint_every" not in a.canonical_json()
+    with pytest.raises(SpecError, match="grid.train.checkpoint_every: not a sweepable field"):
+        parse_spec('name = "a"\n[grid]\n"train.checkpoint_every" = [1, 2]')
