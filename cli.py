@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import os
+import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from core.errors import TheoryscopeError
 from storage.export import to_csv, to_json, write_text_atomic
-from storage.query import describe_views, run_query
+from storage.query import debris, describe_views, run_query
+from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
 from sweeps.dispatch import BackendName, make_backend
-from sweeps.launch import LaunchSummary, launch as launch_plan, prepare
+from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
 from sweeps.load import check_name, load_spec
-from sweeps.plan import Plan, estimate_cost, plan_sweep
+from sweeps.plan import Plan, plan_sweep
 from sweeps.progress import SweepProgress
 from sweeps.spec import Choice
 from sweeps.status import sweep_status
@@ -33,6 +35,8 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+EXIT_INTERRUPTED = 130
+
 
 class Format(Choice):
     TABLE = "table"
@@ -43,6 +47,19 @@ class Format(Choice):
 Results = Annotated[Path, typer.Option(
     "--results", envvar="THEORYSCOPE_RESULTS", help="Results directory (env THEORYSCOPE_RESULTS).")]
 SpecPath = Annotated[Path, typer.Argument(help="The sweep spec (TOML).", show_default=False)]
+Address = Annotated[Optional[str], typer.Option(
+    "--address", help="Join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray).")]
+Backend = Annotated[BackendName, typer.Option(
+    "--backend", help="ray: one Ray task per family; local: in this process, one family at a time.")]
+RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")]
+
+
+def say_error(message: str) -> None:
+    err.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -51,8 +68,36 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except TheoryscopeError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        say_error(str(exc))
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def ctrl_c_stops_the_sweep() -> Iterator[None]:
+    """The first Ctrl-C raises KeyboardInterrupt (running families are cancelled, finished
+    ones kept); a second one ends the process at once. Every result file is published by
+    an atomic rename, so neither can leave a half-written result behind."""
+    presses = 0
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            os._exit(EXIT_INTERRUPTED)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def report_debris(results: Path) -> None:
+    found = debris(results)
+    if found.damaged or found.leftovers:
+        warn(f"ignoring {len(found.damaged)} damaged and {len(found.leftovers)} temporary files in {results} "
+             "(launch or resume removes them): " + ", ".join(map(str, (found.damaged + found.leftovers)[:5])))
 
 
 @app.command()
@@ -60,42 +105,92 @@ def plan(spec: SpecPath) -> None:
     """Dry run: the runs, families and resources a spec would use. Runs nothing."""
     with user_errors():
         the_plan = plan_sweep(load_spec(spec))
-    print_plan(the_plan)
+    out.print(plan_view(the_plan), highlight=False)
 
 
 @app.command()
 def launch(
     spec: SpecPath,
     results: Results = Path("results"),
-    address: Annotated[Optional[str], typer.Option(
-        "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster instead of starting a local Ray.")] = None,
+    address: Address = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the spec's name).")] = None,
-    backend: Annotated[BackendName, typer.Option(
-        "--backend", help="ray: one Ray task per family; local: in this process.")] = BackendName.RAY,
+    backend: Backend = BackendName.RAY,
+    force_new: Annotated[bool, typer.Option(
+        "--force-new", help="If the name is taken by a different spec, launch under a new name derived from "
+                            "this spec, keeping the old results apart.")] = False,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Run a sweep: every family as a Ray task, results into Parquet. Runs already in the
-    results are not run again."""
+    results are not run again, so launching the same spec again resumes it."""
     with user_errors():
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
-        the_plan = prepare(sweep_spec, results, name)
+        the_plan = prepare(sweep_spec, results, name, force_new=force_new, retry_failed=retry_failed)
+        if the_plan.sweep != (name or sweep_spec.name):
+            out.print(f"the name {name or sweep_spec.name!r} is taken by a different spec: launching as "
+                      f"{the_plan.sweep!r}", highlight=False)
+    execute(the_plan, results, address, backend)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="The sweep to finish.", show_default=False)],
+    results: Results = Path("results"),
+    address: Address = None,
+    backend: Backend = BackendName.RAY,
+    retry_failed: RetryFailed = False,
+) -> None:
+    """Finish a sweep from its stored spec: run every planned run that is not in the
+    results yet (and the failed ones with --retry-failed)."""
+    with user_errors():
+        the_plan = prepare_resume(results, name, retry_failed=retry_failed)
+    execute(the_plan, results, address, backend)
+
+
+def execute(the_plan: Plan, results: Path, address: str | None, backend: BackendName) -> None:
+    """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably."""
+    with user_errors():
         runner = make_backend(backend, address)
         total = sum(f.size for f in the_plan.families)
-        out.print(f"sweep [bold]{the_plan.sweep}[/bold]: {len(the_plan.runs)} runs planned, "
-                  f"{len(the_plan.runs) - total} already done, {total} to run in "
-                  f"{len(the_plan.families)} families ({backend.value} backend)", highlight=False)
+        out.print(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
+                  f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
+                  highlight=False)
         if not the_plan.families:
             out.print("nothing to run: every planned run is in the results already")
-        else:
-            runner.start(sweep_spec.resources)
-        with SweepProgress(the_plan, out) as progress:
-            summary = launch_plan(the_plan, results, runner, on_done=progress.advance)
-    print_summary(summary)
+        summary: LaunchSummary | None = None
+        with ctrl_c_stops_the_sweep():
+            try:
+                if the_plan.families:
+                    runner.start(the_plan.spec.resources)
+                with SweepProgress(the_plan, out) as progress:
+                    summary = run_plan(the_plan, results, runner, on_done=progress.advance)
+            except KeyboardInterrupt:
+                say_error("interrupted: finished families are kept, running ones were cancelled")
+                err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
+                          highlight=False, soft_wrap=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    if summary.removed:
+        warn(f"removed {len(summary.removed)} damaged or leftover files of earlier interruptions: "
+             + ", ".join(map(str, summary.removed[:5])))
+    out.print(summary_view(summary), highlight=False)
+    for outcome in summary.outcomes:
+        if outcome.error:
+            err.print(f"family {outcome.family_id} failed: {outcome.error}", highlight=False, markup=False)
     if summary.total("n_failed"):
-        err.print(f"[red]error:[/red] {summary.total('n_failed')} runs failed; "
-                  f"see: theoryscope query \"SELECT run_id, error FROM runs WHERE status = 'failed'\"")
+        say_error(f"{summary.total('n_failed')} runs failed; see them with: theoryscope query "
+                  f"\"SELECT run_id, error FROM runs WHERE status = 'failed'\"; run them again with: "
+                  f"{resume_command(the_plan.sweep, results, address, backend)} --retry-failed")
         raise typer.Exit(1)
+
+
+def resume_command(sweep: str, results: Path, address: str | None, backend: BackendName) -> str:
+    words = ["theoryscope", "resume", sweep, "--results", str(Path(results).resolve())]
+    if address:
+        words += ["--address", address]
+    if backend is not BackendName.RAY:
+        words += ["--backend", backend.value]
+    return shlex.join(words)
 
 
 @app.command()
@@ -104,22 +199,23 @@ def status(
     results: Results = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per sweep: planned, done, diverged, failed and remaining runs."""
+    """Per sweep: planned, done, ok, diverged, failed and remaining runs, and when it last
+    progressed."""
     with user_errors():
         statuses = sweep_status(results, name)
     if as_json:
         sys.stdout.write(json.dumps([s.to_json() for s in statuses], indent=2) + "\n")
         return
+    report_debris(results)
     if not statuses:
         out.print(f"no sweeps in {results}")
         return
-    table = Table(title=f"sweeps in {results}")
-    for column in ("sweep", "planned", "done", "ok", "diverged", "failed", "remaining", "last progress"):
-        table.add_column(column, justify="left" if column in ("sweep", "last progress") else "right")
+    out.print(status_view(results, statuses), highlight=False)
     for s in statuses:
-        last = s.last_progress.strftime("%Y-%m-%d %H:%M:%S %Z") if s.last_progress else "-"
-        table.add_row(s.sweep, *map(str, (s.planned, s.done, s.ok, s.diverged, s.failed, s.remaining)), last)
-    out.print(table)
+        if s.remaining or s.failed:
+            hint = resume_command(s.sweep, results, None, BackendName.RAY)
+            out.print(f"{s.sweep}: {s.remaining} runs left" + (f", {s.failed} failed" if s.failed else "")
+                      + f"; finish with: {hint}" + (" --retry-failed" if s.failed else ""), highlight=False)
 
 
 @app.command()
@@ -132,11 +228,12 @@ def query(
     """Run SQL (DuckDB) over the results."""
     with user_errors():
         table = run_query(results, sql)
+        report_debris(results)
         if fmt is Format.TABLE:
             if out_file is not None:
-                write_text_atomic(render_text_table(table), out_file)
+                write_text_atomic(as_text(arrow_view(table)), out_file)
             else:
-                out.print(rich_table(table))
+                out.print(arrow_view(table), highlight=False)
             return
         text = to_csv(table) if fmt is Format.CSV else to_json(table)
         if out_file is not None:
@@ -148,6 +245,8 @@ def query(
 @app.command()
 def tables(results: Results = Path("results")) -> None:
     """The views you can query and their columns."""
+    from rich.table import Table
+
     with user_errors():
         views = describe_views(results)
     for view, columns in views.items():
@@ -157,85 +256,6 @@ def tables(results: Results = Path("results")) -> None:
         for column, kind in columns:
             table.add_row(column, kind)
         out.print(table)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def rich_table(table) -> Table:
-    view = Table(show_edge=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    return view
-
-
-def render_text_table(table) -> str:
-    console = Console(width=200, record=True, file=io.StringIO())
-    console.print(rich_table(table))
-    return console.export_text()
-
-
-def print_plan(the_plan: Plan) -> None:
-    spec = the_plan.spec
-    axes = ", ".join(f"{k} ({len(v)})" for k, v in spec.grid) or "none"
-    costs = [estimate_cost(f) for f in the_plan.families]
-    out.print(f"sweep [bold]{the_plan.sweep}[/bold] ({spec.experiment.value}): "
-              f"{len(the_plan.runs)} runs in {len(the_plan.families)} families; grid: {axes}", highlight=False)
-    table = Table(title="families", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for header in ("family", "runs", "data", "net", "training", "params", "GFLOP", "memory"):
-        table.add_column(header, justify="right" if header in ("runs", "params", "GFLOP", "memory") else "left")
-    shown = 20
-    for family, cost in list(zip(the_plan.families, costs))[:shown]:
-        run = family.exemplar
-        net = f"{run.model.kind.value} depth {run.model.depth}" + (
-            f" width {run.model.width}" if run.model.depth > 1 else "")
-        batch = f"batch {run.train.batch_size}" if run.train.batch_size else "full batch"
-        training = f"{run.train.optimizer.value}, {run.train.steps} steps, {batch}"
-        table.add_row(family.family_id[:8], str(family.size), run.data.kind.value, net, training,
-                      f"{cost.params_per_member:,}", f"{cost.flops / 1e9:.1f}", _bytes(cost.bytes))
-    out.print(table)
-    if len(the_plan.families) > shown:
-        out.print(f"... and {len(the_plan.families) - shown} more families")
-    r = spec.resources
-    out.print(f"resources per family: {r.num_cpus:g} CPU, {r.num_gpus:g} GPU, max {r.max_family_size} runs, "
-              f"{r.max_retries} retries; total ≈ {sum(c.flops for c in costs) / 1e9:.1f} GFLOP, "
-              f"largest family ≈ {_bytes(max((c.bytes for c in costs), default=0))}", highlight=False)
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def print_summary(summary: LaunchSummary) -> None:
-    table = Table(title=f"sweep {summary.sweep}", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    ran = summary.total("n_runs")
-    rows = [
-        ("planned runs", summary.planned), ("already done before", summary.already_done),
-        ("ran now", ran), ("ok", summary.total("n_ok")), ("diverged", summary.total("n_diverged")),
-        ("failed", summary.total("n_failed")), ("families", summary.families),
-        ("wall time", f"{summary.wall_seconds:.1f} s"),
-        ("runs/s", f"{ran / summary.wall_seconds:.1f}" if summary.wall_seconds > 0 else "-"),
-        ("results", str(summary.results)),
-    ]
-    for what, value in rows:
-        table.add_row(what, str(value))
-    out.print(table)
-    for outcome in summary.outcomes:
-        if outcome.error:
-            err.print(f"family {outcome.family_id} failed: {outcome.error}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def make_dataset(spec: DataSpec) -> Dataset:
     return builders[spec.kind](spec)
 
 
-def _randn(*shape: int, stream: torch.Generator) -> torch.Tensor:
-    return torch.randn(*shape, generator=stream, dtype=F64)
+def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:
+    """``rows`` standard normal rows, the first rows of any longer draw from the same
+    stream: torch draws normals in blocks of 16 and redraws a partial last block, so we
+    draw whole blocks and slice. Training sets are thus nested across n_train."""
+    padded = max(16, -(-rows // 16) * 16)
+    return torch.randn(padded, *shape, generator=stream, dtype=F64)[:rows]
 
 
 def _teacher_student(s: DataSpec) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import io
 import json
 import math
@@ -16,6 +17,8 @@ from core.errors import StorageError
 
 
 def _plain(value: object) -> object:
+    if isinstance(value, decimal.Decimal):  # DuckDB's sum() of integers, say
+        value = int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN or infinity
     if isinstance(value, (dt.datetime, dt.date)):

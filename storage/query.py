@@ -65,6 +65,8 @@ def connect(results: Path) -> duckdb.DuckDBPyConnection:
 
 def run_query(results: Path, sql: str) -> pa.Table:
     """Run ``sql`` against the views; a rejected query raises ``QueryError``."""
+    if not sql.strip():
+        raise QueryError("query failed: the SQL is empty")
     con = connect(results)
     try:
         relation = con.sql(sql)

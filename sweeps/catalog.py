@@ -44,7 +44,7 @@ def list_sweeps(results: Path) -> list[str]:
 def same_experiment(a: SweepSpec, b: SweepSpec) -> bool:
     """Whether two specs plan the same runs and measure them the same way. Names, TOML
     formatting, resources and checkpoint cadence may differ: they do not change results."""
-    return a.measure == b.measure and [r.run_id for r in expand_runs(a)] == [r.run_id for r in expand_runs(b)]
+    return a.measure == b.measure and {r.run_id for r in expand_runs(a)} == {r.run_id for r in expand_runs(b)}
 
 
 def record_sweep(results: Path, sweep: str, spec: SweepSpec, planned_runs: int) -> SweepRecord:

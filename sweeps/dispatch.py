@@ -157,6 +157,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def make_backend(name: BackendName, address: str | None) -> Backend:
+    """``address`` is an explicit ``--address``; ``RAY_ADDRESS`` only matters to Ray."""
     if name is BackendName.LOCAL:
         if address:
             raise TheoryscopeError("--address needs --backend ray (the local backend runs in this process)")

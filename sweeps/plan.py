@@ -44,17 +44,29 @@ class Plan:
     sweep: str
     runs: tuple[RunSpec, ...]
     families: tuple[Family, ...]
+    # Points of the grid; more than runs when some differ only in fields that do not
+    # apply to them (``RunSpec.applies``).
+    grid_points: int = 0
 
 
-def expand_runs(spec: SweepSpec) -> list[RunSpec]:
+def grid_points(spec: SweepSpec) -> list[RunSpec]:
     """The Cartesian product of the grid over the spec's base run, in grid order."""
     base = spec.base_run()
     axes = spec.grid
-    runs = []
+    points = []
     for values in itertools.product(*(vals for _, vals in axes)):
         assignment = dict(zip((target for target, _ in axes), values))
-        runs.append(_apply(base, assignment))
-    return runs
+        points.append(_apply(base, assignment))
+    return points
+
+
+def expand_runs(spec: SweepSpec) -> list[RunSpec]:
+    """The distinct runs of the grid, in grid order: points that differ only in fields
+    that do not apply to them are one run (the first such point stands for it)."""
+    runs: dict[str, RunSpec] = {}
+    for point in grid_points(spec):
+        runs.setdefault(point.run_id, point)
+    return list(runs.values())
 
 
 def _apply(base: RunSpec, assignment: dict) -> RunSpec:
@@ -80,7 +92,8 @@ def family_key(run: RunSpec) -> tuple:
     d, m, t = run.data, run.model, run.train
     return (
         run.experiment, d.kind, d.n_train, d.n_test, d.input_dim, d.n_outputs,
-        m.kind, m.depth, m.width, m.activation, m.bias,
+        m.kind, m.depth, m.width if run.applies("model", "width") else None,
+        m.activation if run.applies("model", "activation") else None, m.bias,
         t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype,
     )
 
@@ -117,10 +130,8 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
     its id (and finds its checkpoint) however many times the sweep is resumed. A family
     only part of which is done keeps its remaining members, under a new id.
     """
+    points = grid_points(spec)
     runs = expand_runs(spec)
-    ids = [r.run_id for r in runs]
-    if len(set(ids)) != len(ids):
-        raise SpecError("the grid yields the same run twice; remove the repeated values")
     families = []
     for family in pack_families(runs, spec.resources.max_family_size):
         todo = tuple(r for r in family.runs if r.run_id not in exclude)
@@ -128,7 +139,8 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
             families.append(family)
         elif todo:
             families.append(Family(family_id(todo), todo))
-    return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families))
+    return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families),
+                grid_points=len(points))
 
 
 @dataclass(frozen=True)

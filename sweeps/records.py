@@ -31,7 +31,7 @@ def config_columns(run: RunSpec) -> dict[str, object]:
         for f in dataclasses.fields(spec):
             if not is_hashed(f):
                 continue
-            value = getattr(spec, f.name)
+            value = getattr(spec, f.name) if run.applies(section, f.name) else None
             columns[RENAMED.get((section, f.name), f.name)] = getattr(value, "value", value)
     return columns
 
@@ -39,32 +39,42 @@ def config_columns(run: RunSpec) -> dict[str, object]:
 def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], result: FamilyResult,
                           code_version: str, finished_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
     """The ``runs`` rows (one per member) and ``curves`` rows of a trained family."""
+    # A diverged member has no meaningful numbers from the step it was frozen at on
+    # (its weights already gave a non-finite loss; argmax over NaN outputs would even
+    # give finite-looking errors): those curve points and its final metrics are NULL.
+    frozen = (result.diverged_step[None, :] >= 0) & (result.steps[:, None] >= result.diverged_step[None, :])
     rows = []
     for f, run in enumerate(runs):
         diverged = int(result.diverged_step[f])
-        train_loss, test_loss = float(result.train_loss[-1, f]), float(result.test_loss[-1, f])
-        train_error = None if result.train_error is None else float(result.train_error[-1, f])
-        test_error = None if result.test_error is None else float(result.test_error[-1, f])
-        gap = test_loss - train_loss if train_error is None else test_error - train_error
+        final = {name: _final(values, f, frozen) for name, values in (
+            ("train_loss", result.train_loss), ("test_loss", result.test_loss),
+            ("train_error", result.train_error), ("test_error", result.test_error))}
+        train, test = ("train_loss", "test_loss") if result.train_error is None else ("train_error", "test_error")
+        gap = None if final[train] is None or final[test] is None else final[test] - final[train]
         rows.append(_run_row(
             sweep, family_id, run, len(runs), code_version, finished_at,
             status=RunStatus.DIVERGED if diverged >= 0 else RunStatus.OK,
-            train_loss=train_loss, test_loss=test_loss, train_error=train_error, test_error=test_error,
             gen_gap=gap, diverged_step=diverged if diverged >= 0 else None,
-            wall_seconds=result.wall_seconds, device=result.device,
+            wall_seconds=result.wall_seconds, device=result.device, **final,
         ))
     t, f = result.train_loss.shape
     curves = pa.table({
         "sweep": pa.array([sweep] * (t * f), pa.string()),
         "run_id": pa.array(np.repeat([r.run_id for r in runs], t), pa.string()),
         "step": pa.array(np.tile(result.steps, f), pa.int64()),
-        "train_loss": _curve(result.train_loss),
-        "test_loss": _curve(result.test_loss),
-        "train_error": _curve(result.train_error, t * f),
-        "test_error": _curve(result.test_error, t * f),
+        "train_loss": _curve(result.train_loss, frozen),
+        "test_loss": _curve(result.test_loss, frozen),
+        "train_error": _curve(result.train_error, frozen),
+        "test_error": _curve(result.test_error, frozen),
         "theory_test_loss": pa.nulls(t * f, pa.float64()),
     }, schema=schemas.CURVES)
     return pa.Table.from_pylist(rows, schema=schemas.RUNS), curves
+
+
+def _final(values: np.ndarray | None, member: int, frozen: np.ndarray) -> float | None:
+    if values is None or frozen[-1, member]:
+        return None
+    return float(values[-1, member])
 
 
 def failed_family_table(sweep: str, family_id: str, runs: Sequence[RunSpec], message: str,
@@ -75,11 +85,12 @@ def failed_family_table(sweep: str, family_id: str, runs: Sequence[RunSpec], mes
     return pa.Table.from_pylist(rows, schema=schemas.RUNS)
 
 
-def _curve(values: np.ndarray | None, length: int = 0) -> pa.Array:
-    """``[T, F]`` -> member-major column (all steps of member 0, then member 1, ...)."""
+def _curve(values: np.ndarray | None, frozen: np.ndarray) -> pa.Array:
+    """``[T, F]`` -> member-major column (all steps of member 0, then member 1, ...),
+    NULL where the member was frozen (or for errors of a regression)."""
     if values is None:
-        return pa.nulls(length, pa.float64())
-    return pa.array(values.T.reshape(-1), pa.float64())
+        return pa.nulls(frozen.size, pa.float64())
+    return pa.array(values.T.reshape(-1), pa.float64(), mask=frozen.T.reshape(-1))
 
 
 def _run_row(sweep: str, family_id: str, run: RunSpec, family_size: int, code_version: str,

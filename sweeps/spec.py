@@ -157,8 +157,8 @@ class ModelSpec:
     # and biases, times init_scale. "gaussian": weights N(0, (init_scale/sqrt(fan_in))^2),
     # biases zero.
     init: Init = Init.DEFAULT
-    # Multiplies the init. 0 gives zero init, allowed for "linear" models only (an MLP of
-    # depth >= 2 would sit on a saddle where every gradient vanishes).
+    # Multiplies the init. 0 gives zero init, allowed at depth 1 only (a deeper net,
+    # linear or not, would sit on a saddle where every gradient vanishes).
     init_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -166,9 +166,10 @@ class ModelSpec:
         _require(self.width >= 1, "width", "an integer >= 1", self.width)
         _require(_finite(self.init_scale) and self.init_scale >= 0, "init_scale",
                  "a finite number >= 0", self.init_scale)
-        if self.kind is ModelKind.MLP and self.depth >= 2:
+        if self.depth >= 2:
             _require(self.init_scale > 0, "init_scale",
-                     'a number > 0 for an "mlp" of depth >= 2 (0 is a saddle)', self.init_scale)
+                     "a number > 0 at depth >= 2 (zero init is a saddle where every gradient vanishes)",
+                     self.init_scale)
 
     def layer_dims(self, n_inputs: int, n_outputs: int) -> list[int]:
         """[d_0, ..., d_L]: layer i maps d_{i-1} -> d_i."""
@@ -285,15 +286,36 @@ class RunSpec:
             raise FieldError("train.batch_size", f"at most data.n_train = {self.data.n_train}",
                              self.train.batch_size)
 
-    def to_config(self) -> dict[str, Any]:
-        """The run as plain JSON values; its canonical form defines ``run_id``."""
-        return {
-            "experiment": self.experiment.value,
-            "data": _section_to_dict(self.data),
-            "model": _section_to_dict(self.model),
-            "train": _section_to_dict(self.train),
-            "seed": self.seed,
+    def applies(self, section: str, name: str) -> bool:
+        """Whether a field can affect this run. Fields that cannot (width at depth 1,
+        momentum outside "sgd", Adam's settings outside "adam", class settings outside
+        "gaussian-mixture", teacher settings outside "teacher-student", the activation of
+        a model with no hidden layer) are left out of the run id and are NULL in ``runs``,
+        so grid points that differ only in them are one run."""
+        kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
+        only_if = {
+            ("data", "output_dim"): kind is DataKind.TEACHER_STUDENT,
+            ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
+            ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
+            ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
+            ("model", "width"): depth >= 2,
+            ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
+            ("train", "momentum"): optimizer is Optimizer.SGD,
+            ("train", "beta1"): optimizer is Optimizer.ADAM,
+            ("train", "beta2"): optimizer is Optimizer.ADAM,
+            ("train", "eps"): optimizer is Optimizer.ADAM,
         }
+        return only_if.get((section, name), True)
+
+    def to_config(self) -> dict[str, Any]:
+        """The run as plain JSON values, fields that cannot affect it left out; its
+        canonical form defines ``run_id``."""
+        config: dict[str, Any] = {"experiment": self.experiment.value}
+        for section in RUN_SECTIONS:
+            values = _section_to_dict(getattr(self, section))
+            config[section] = {k: v for k, v in values.items() if self.applies(section, k)}
+        config["seed"] = self.seed
+        return config
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"),

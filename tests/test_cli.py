@@ -154,3 +154,30 @@ def test_results_that_is_a_file(spec, tmp_path):
     target.write_text("x")
     line = one_line_error(invoke("launch", spec, "--results", target, "--backend", "local"))
     assert "is a file" in line and target.read_text() == "x"
+
+
+def test_messages_with_brackets_are_printed_verbatim(write_spec, results):
+    line = one_line_error(invoke("plan", write_spec('name = "x"\n[data]\nfoo = 1')))
+    assert "unknown key in [data]" in line
+    line = one_line_error(invoke("query", 'SELECT * FROM "[/x]"', "--results", results))
+    assert "[/x]" in line
+
+
+def test_plan_lists_the_runs_with_their_swept_values(spec):
+    result = invoke("plan", spec)
+    assert "run_id" in result.output and "label_noise" in result.output and "depth" in result.output
+
+
+def test_json_sums_are_numbers(launched):
+    js = invoke("query", "SELECT sum(depth) AS s FROM runs", "--results", launched, "--format", "json")
+    assert json.loads(js.stdout) == [{"s": 12}]
+
+
+def test_empty_sql(launched):
+    assert "empty" in one_line_error(invoke("query", "  ", "--results", launched))
+
+
+def test_ray_address_in_the_environment_does_not_block_the_local_backend(spec, results, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    result = invoke("launch", spec, "--results", results, "--backend", "local")
+    assert result.exit_code == 0, result.output

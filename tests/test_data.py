@@ -89,3 +89,13 @@ def test_gaussian_mixture_class_separation():
     within = (x[y == 0] - x[y == 0].mean(0)).std().item()
     assert within == pytest.approx(1.0, rel=0.02)
     assert gap == pytest.approx(sep, rel=0.35)  # one draw of the means; E gap^2 = sep^2
+
+
+@pytest.mark.parametrize("kind", [DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER, DataKind.GAUSSIAN_MIXTURE])
+def test_training_sets_are_nested_across_n_train(kind):
+    """A larger training set extends a smaller one (sample-wise double descent compares
+    the same samples), even for sizes that are not multiples of torch's block of 16."""
+    small = make_dataset(DataSpec(kind=kind, n_train=7, n_test=5, input_dim=3, label_noise=0.3 if kind != DataKind.GAUSSIAN_MIXTURE else 0.0))
+    large = make_dataset(DataSpec(kind=kind, n_train=203, n_test=5, input_dim=3, label_noise=0.3 if kind != DataKind.GAUSSIAN_MIXTURE else 0.0))
+    assert torch.equal(small.x_train, large.x_train[:7])
+    assert torch.equal(small.y_train, large.y_train[:7])

@@ -85,6 +85,7 @@ BAD = [
     ("[resources]\nnum_gpus = -1", ["resources.num_gpus", ">= 0"]),
     ("[resources]\nmax_family_size = 0", ["resources.max_family_size", ">= 1"]),
     ('[model]\nkind = "mlp"\ninit_scale = 0', ["model.init_scale", "saddle"]),
+    ('[model]\nkind = "linear"\ndepth = 3\ninit_scale = 0', ["model.init_scale", "depth >= 2"]),
     ("[data]\nkind = \"gaussian-mixture\"\nlabel_noise = 1.5", ["data.label_noise", "[0, 1]"]),
     ('experiment = "dance"', ["experiment", '"train"', "dance"]),
     ("data = 3", ["data", "table"]),

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import QueryError
+from core.errors import QueryError, StorageError
 from storage import schemas
 from storage.parquet import read_column, table_path, write_atomic
 from storage.query import describe_views, run_query
@@ -45,7 +45,7 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="cannot write .*fam.parquet: disk full"):
         write_atomic(curve_rows("s", "r", 3), path)
     assert list(path.parent.iterdir()) == []
 

@@ -95,11 +95,18 @@ log_every = 10
 """
 
 
-def test_diverged_runs_are_marked(results):
+def test_diverged_runs_are_marked_and_have_no_numbers_after_divergence(results):
     run_local(DIVERGING, results)
-    rows = run_query(results, "SELECT lr, status, diverged_step FROM runs ORDER BY lr").to_pylist()
-    assert rows[0]["status"] == "ok" and rows[0]["diverged_step"] is None
-    assert rows[1]["status"] == "diverged" and 0 < rows[1]["diverged_step"] <= 40
+    rows = run_query(results, "SELECT run_id, lr, status, diverged_step, train_loss, test_loss, gen_gap "
+                              "FROM runs ORDER BY lr").to_pylist()
+    ok, boom = rows
+    assert ok["status"] == "ok" and ok["diverged_step"] is None and ok["train_loss"] is not None
+    assert boom["status"] == "diverged" and 0 < boom["diverged_step"] <= 40
+    assert boom["train_loss"] is None and boom["test_loss"] is None and boom["gen_gap"] is None
+    curve = run_query(results, f"SELECT step, train_loss FROM curves WHERE run_id = '{boom['run_id']}' "
+                               "ORDER BY step").to_pylist()
+    assert all((p["train_loss"] is None) == (p["step"] >= boom["diverged_step"]) for p in curve)
+    assert curve[0]["train_loss"] is not None
 
 
 def test_ray_and_local_backends_write_identical_tables(tmp_path, ray_session):

@@ -201,6 +201,6 @@ def test_gaussian_init_std_and_zero_biases():
     assert (params.biases[0] == 0).all()
 
 
-def test_zero_init_scale_gives_zero_weights():
+def test_zero_init_scale_gives_zero_weights():  # allowed at depth 1
     params = init_member(ModelSpec(kind=ModelKind.LINEAR, depth=1, init_scale=0.0), [5, 1], seed=0)
     assert (params.weights[0] == 0).all()

@@ -1,0 +1,134 @@
+"""Rich renderables for the terminal: plans, launch summaries, status, query results."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from sweeps.launch import LaunchSummary
+from sweeps.plan import Plan, estimate_cost
+from sweeps.records import RENAMED, config_columns
+from sweeps.status import SweepStatus
+
+SHOWN = 20
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def plan_view(plan: Plan) -> RenderableType:
+    """The runs (swept values), the families and the resources a plan would use."""
+    spec = plan.spec
+    axes = ", ".join(f"{k} ({len(v)})" for k, v in spec.grid) or "none"
+    costs = [estimate_cost(f) for f in plan.families]
+    todo = sum(f.size for f in plan.families)
+    head = Text(f"sweep {plan.sweep} ({spec.experiment.value}): {len(plan.runs)} runs in "
+                f"{len(plan.families)} families; grid: {axes}")
+    if plan.grid_points > len(plan.runs):
+        head.append(f"\n{plan.grid_points} grid points make {len(plan.runs)} distinct runs: the others differ "
+                    "only in fields that do not apply to them (e.g. width at depth 1)")
+    if todo < len(plan.runs):
+        head.append(f"\n{len(plan.runs) - todo} runs are already done; {todo} to run")
+
+    runs = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    swept = [_column_of(target) for target, _ in spec.grid]
+    family_of = {r.run_id: f.family_id for f in plan.families for r in f.runs}
+    for header in ("run_id", *swept, "family"):
+        runs.add_column(header)
+    for run in plan.runs[:SHOWN]:
+        values = config_columns(run)
+        runs.add_row(run.run_id, *(_cell(values[c]) for c in swept), family_of.get(run.run_id, "done")[:8])
+
+    families = Table(title="families", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("family", "runs", "data", "net", "training", "params", "GFLOP", "memory"):
+        families.add_column(header, justify="right" if header in ("runs", "params", "GFLOP", "memory") else "left")
+    for family, cost in list(zip(plan.families, costs))[:SHOWN]:
+        run = family.exemplar
+        net = f"{run.model.kind.value} depth {run.model.depth}" + (
+            f" width {run.model.width}" if run.model.depth > 1 else "")
+        batch = f"batch {run.train.batch_size}" if run.train.batch_size else "full batch"
+        training = f"{run.train.optimizer.value}, {run.train.steps} steps, {batch}"
+        families.add_row(family.family_id[:8], str(family.size), run.data.kind.value, net, training,
+                         f"{cost.params_per_member:,}", f"{cost.flops / 1e9:.1f}", _bytes(cost.bytes))
+    r = spec.resources
+    tail = Text(f"resources per family: {r.num_cpus:g} CPU, {r.num_gpus:g} GPU, max {r.max_family_size} runs, "
+                f"{r.max_retries} retries; total ≈ {sum(c.flops for c in costs) / 1e9:.1f} GFLOP, "
+                f"largest family ≈ {_bytes(max((c.bytes for c in costs), default=0))}")
+    parts: list[RenderableType] = [head, runs]
+    if len(plan.runs) > SHOWN:
+        parts.append(Text(f"... and {len(plan.runs) - SHOWN} more runs"))
+    parts.append(families)
+    if len(plan.families) > SHOWN:
+        parts.append(Text(f"... and {len(plan.families) - SHOWN} more families"))
+    parts.append(tail)
+    return Group(*parts)
+
+
+def _column_of(target: str) -> str:
+    """The ``runs`` column of a grid target (``model.width`` -> ``width``)."""
+    section, _, name = target.partition(".")
+    return "seed" if target == "seed" else RENAMED.get((section, name), name)
+
+
+def summary_view(summary: LaunchSummary) -> Table:
+    table = Table(title=f"sweep {summary.sweep}", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    ran = summary.total("n_runs")
+    rows = [
+        ("planned runs", summary.planned), ("already done before", summary.already_done),
+        ("ran now", ran), ("ok", summary.total("n_ok")), ("diverged", summary.total("n_diverged")),
+        ("failed", summary.total("n_failed")), ("families", summary.families),
+        ("wall time", f"{summary.wall_seconds:.1f} s"),
+        ("runs/s", f"{ran / summary.wall_seconds:.1f}" if summary.wall_seconds > 0 else "-"),
+        ("results", str(summary.results)),
+    ]
+    for what, value in rows:
+        table.add_row(what, str(value))
+    return table
+
+
+def status_view(results: Path, statuses: list[SweepStatus]) -> Table:
+    table = Table(title=f"sweeps in {results}", title_justify="left")
+    for column in ("sweep", "planned", "done", "ok", "diverged", "failed", "remaining", "last progress"):
+        table.add_column(column, justify="left" if column in ("sweep", "last progress") else "right")
+    for s in statuses:
+        last = s.last_progress.strftime("%Y-%m-%d %H:%M:%S %Z") if s.last_progress else "-"
+        remaining = Text(str(s.remaining), style="bold yellow" if s.remaining else "")
+        failed = Text(str(s.failed), style="bold red" if s.failed else "")
+        table.add_row(s.sweep, str(s.planned), str(s.done), str(s.ok), str(s.diverged), failed, remaining, last)
+    return table
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def arrow_view(table: pa.Table) -> Table:
+    view = Table(show_edge=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.to_pylist():
+        view.add_row(*(_cell(v) for v in row.values()))
+    return view
+
+
+def as_text(renderable: RenderableType, width: int = 200) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
