@@ -181,3 +181,37 @@ def test_ray_address_in_the_environment_does_not_block_the_local_backend(spec, r
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     result = invoke("launch", spec, "--results", results, "--backend", "local")
     assert result.exit_code == 0, result.output
+
+
+def test_resume_finishes_from_the_stored_spec(launched, spec):
+    from storage.parquet import scan
+
+    first = scan(launched, "runs", "small").complete[0]
+    first.unlink()  # as if that family had not finished
+    spec.unlink()  # resume needs only the results
+    result = invoke("resume", "small", "--results", launched, "--backend", "local")
+    assert result.exit_code == 0, result.output
+    assert "8 runs planned, 4 already done, 4 to run in 1 families" in result.output
+    js = json.loads(invoke("status", "small", "--results", launched, "--json").stdout)
+    assert js[0]["done"] == 8 and js[0]["remaining"] == 0
+
+
+def test_resume_of_an_unknown_sweep(launched):
+    line = one_line_error(invoke("resume", "nope", "--results", launched, "--backend", "local"))
+    assert "no sweep named 'nope'" in line and "(sweeps there: small)" in line
+
+
+def test_status_says_what_is_left_and_how_to_finish(launched):
+    from storage.parquet import scan
+
+    scan(launched, "runs", "small").complete[0].unlink()
+    result = invoke("status", "--results", launched)
+    assert "small: 4 runs left; finish with: theoryscope resume small --results" in result.output
+
+
+def test_launch_force_new(launched, write_spec):
+    other = write_spec(SMALL_SPEC.replace("steps = 30", "steps = 20"), name="other.toml")
+    refused = one_line_error(invoke("launch", other, "--results", launched, "--backend", "local"))
+    assert "--force-new" in refused
+    result = invoke("launch", other, "--results", launched, "--backend", "local", "--force-new")
+    assert result.exit_code == 0 and "launching as 'small-" in result.output
