@@ -174,3 +174,18 @@ def test_a_node_lost_mid_sweep(write_spec, results):
         assert_exactly_once(results)
     finally:
         cluster.shutdown()
+
+
+def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(write_spec, results):
+    spec = write_spec(SLOW_SPEC.format(extra=""))
+    proc = start("launch", spec, "--results", results, log=results.parent / "launch")
+    wait_for(lambda: families_done(results) >= 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    kill_session(proc)  # whatever of Ray the abrupt exit left behind
+    assert all(not found.damaged for found in (scan(results, t) for t in ("runs", "curves")))
+    resume(results)
+    assert_exactly_once(results)
