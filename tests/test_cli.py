@@ -215,3 +215,19 @@ def test_launch_force_new(launched, write_spec):
     assert "--force-new" in refused
     result = invoke("launch", other, "--results", launched, "--backend", "local", "--force-new")
     assert result.exit_code == 0 and "launching as 'small-" in result.output
+
+
+def test_the_first_ctrl_c_interrupts_and_the_second_exits_at_once(monkeypatch):
+    import signal
+
+    import cli
+
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    with cli.ctrl_c_stops_the_sweep():
+        handler = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+        handler(signal.SIGINT, None)
+    assert exits == [130]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
