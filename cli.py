@@ -82,9 +82,9 @@ def ctrl_c_stops_the_sweep() -> Iterator[None]:
     def on_sigint(signum: int, frame: object) -> None:
         nonlocal presses
         presses += 1
-        if presses > 1:
-            os._exit(EXIT_INTERRUPTED)
-        raise KeyboardInterrupt
+        if presses == 1:
+            raise KeyboardInterrupt
+        os._exit(EXIT_INTERRUPTED)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
