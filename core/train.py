@@ -49,6 +49,10 @@ class FamilyResult:
     params: models.Params
     wall_seconds: float
     device: str
+    # The family's data on its device, and its weights at the requested snapshot steps
+    # (for measures that look at the nets while they train).
+    data: StackedData | None = None
+    snapshots: dict[int, models.Params] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ class FamilyTraining:
     a family continued from a checkpoint computes exactly what it would have computed.
     """
 
-    def __init__(self, runs: Sequence[RunSpec], device: torch.device):
+    def __init__(self, runs: Sequence[RunSpec], device: torch.device, snapshot_steps: Sequence[int] = ()):
         first = runs[0]
         self.runs, self.device = list(runs), device
         self.spec_train, spec_data, spec_model = first.train, first.data, first.model
@@ -167,6 +171,8 @@ class FamilyTraining:
         self.diverged_step = torch.full((f,), -1, dtype=torch.long, device=device)
         self.step = 0  # the next step to run
         self.elapsed = 0.0  # training seconds, summed over every attempt
+        self.snapshot_steps = {s for s in snapshot_steps if s <= self.spec_train.steps}
+        self.snapshots: dict[int, list[torch.Tensor]] = {}
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
@@ -182,6 +188,8 @@ class FamilyTraining:
         at ``step == steps`` only the final evaluation."""
         step, data = self.step, self.data
         training = step < self.spec_train.steps
+        if step in self.snapshot_steps:
+            self.snapshots[step] = [p.detach().clone() for p in self.tensors]
         if self.full_batch:
             xb, yb = data.x_train, data.y_train
         else:
@@ -225,6 +233,7 @@ class FamilyTraining:
             "active": self.active.cpu(),
             "diverged_step": self.diverged_step.cpu(),
             "batches": None if self.batches is None else self.batches.state(),
+            "snapshots": [[step, [t.cpu() for t in tensors]] for step, tensors in sorted(self.snapshots.items())],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -242,12 +251,16 @@ class FamilyTraining:
         if self.batches is not None:
             self.batches.restore(state["batches"])
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.snapshots = {step: [t.to(self.device) for t in tensors] for step, tensors in state["snapshots"]}
 
     def result(self) -> FamilyResult:
         host = self.curves.double().cpu().numpy()
         errors = self.data.classification
         weights = [w.detach().cpu() for w in self.params.weights]
         biases = None if self.params.biases is None else [b.detach().cpu() for b in self.params.biases]
+        depth = len(self.params.weights)
+        snapshots = {step: models.Params(tensors[:depth], tensors[depth:] or None)
+                     for step, tensors in self.snapshots.items()}
         return FamilyResult(
             steps=np.asarray(self.log_steps, dtype=np.int64),
             train_loss=host[0], test_loss=host[1],
@@ -255,17 +268,19 @@ class FamilyTraining:
             diverged_step=self.diverged_step.cpu().numpy(),
             params=models.Params(weights, biases),
             wall_seconds=self.elapsed, device=describe_device(self.device),
+            data=self.data, snapshots=snapshots,
         )
 
 
-def train_family(runs: Sequence[RunSpec], device: torch.device,
-                 checkpoint: Checkpointer | None = None) -> FamilyResult:
+def train_family(runs: Sequence[RunSpec], device: torch.device, checkpoint: Checkpointer | None = None,
+                 snapshot_steps: Sequence[int] = ()) -> FamilyResult:
     """Train ``runs`` (one family: same shapes and loop) together on ``device``.
 
     With a ``checkpoint``, training continues from its file if there is one for these
-    runs, and saves to it as often as it says; the caller removes it when done.
+    runs, and saves to it as often as it says; the caller removes it when done. The
+    weights at ``snapshot_steps`` (those within the run) are kept in the result.
     """
-    training = FamilyTraining(runs, device)
+    training = FamilyTraining(runs, device, snapshot_steps)
     if checkpoint is not None:
         saved = checkpoint.load()
         if saved is not None:
@@ -273,7 +288,7 @@ def train_family(runs: Sequence[RunSpec], device: torch.device,
                 training.load_state_dict(saved)
             except (ValueError, KeyError, RuntimeError) as exc:  # other runs or shapes: start over
                 warnings.warn(f"ignoring checkpoint {checkpoint.path}: {exc}", RuntimeWarning, stacklevel=2)
-                training = FamilyTraining(runs, device)
+                training = FamilyTraining(runs, device, snapshot_steps)
     start = time.perf_counter()
     while not training.finished:
         if checkpoint is not None and checkpoint.due(training.step):

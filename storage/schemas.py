@@ -82,4 +82,66 @@ CURVES = pa.schema([
     ("theory_test_loss", pa.float64()),  # closed-form prediction where one exists
 ])
 
-TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES}
+# One row per run, measured step and layer (Arora, Ge, Neyshabur & Zhang 2018). The
+# cushion columns hold the paper's quantity, the minimum over samples; percentile columns
+# (layer_cushion_p10, ...) follow the spec's `percentiles` and are added by layers_schema.
+LAYERS = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),
+    ("layer", pa.int64()),                    # 1 = the first weight matrix
+    ("fan_in", pa.int64()),
+    ("fan_out", pa.int64()),
+    ("layer_cushion", pa.float64()),          # mu_i
+    ("layer_cushion_mean", pa.float64()),
+    ("interlayer_cushion", pa.float64()),     # mu_{i->} = min(1/sqrt(h^i), min_j mu_{i,j})
+    ("interlayer_cushion_mean", pa.float64()),
+    ("activation_contraction", pa.float64()),  # max_x ||x^i|| / ||phi(x^i)||; null for the last layer
+    ("interlayer_smoothness", pa.float64()),  # rho_delta; null for the last layer
+    ("noise_attenuation", pa.float64()),      # output perturbation from noise of norm ||x^i|| at layer i
+    ("frobenius_norm", pa.float64()),
+    ("spectral_norm", pa.float64()),
+    ("stable_rank", pa.float64()),
+])
+
+
+def layers_schema(percentiles: tuple[float, ...]) -> pa.Schema:
+    schema = LAYERS
+    for name in ("layer_cushion", "interlayer_cushion"):
+        for q in percentiles:
+            schema = schema.append(pa.field(percentile_column(name, q), pa.float64()))
+    return schema
+
+
+def percentile_column(name: str, q: float) -> str:
+    return f"{name}_p{q:g}".replace(".", "_")
+
+
+# One row per run and measured step: the compression bound of Theorem 4.1 and how a net
+# compressed by Matrix-Project does.
+BOUNDS = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),
+    ("samples", pa.int64()),                  # samples the cushions were measured on
+    ("margin", pa.float64()),                 # gamma (classification)
+    ("margin_loss", pa.float64()),            # training gamma-margin loss
+    ("activation_contraction", pa.float64()),  # c, the maximum over layers
+    ("max_output_norm", pa.float64()),        # max over the training set of ||f(x)||
+    ("effective_params", pa.float64()),       # q of Theorem 4.1
+    ("params", pa.int64()),                   # weights of the uncompressed net
+    ("bound", pa.float64()),                  # margin_loss + sqrt(q / n_train), log factors dropped
+    ("train_error", pa.float64()),
+    ("test_error", pa.float64()),
+    ("gen_gap", pa.float64()),
+    ("compression_k", pa.int64()),            # Matrix-Project helpers per layer
+    ("compressed_params", pa.int64()),        # k per layer
+    ("compression_error", pa.float64()),      # median ||f_hat(x) - f(x)|| / ||f(x)||
+    ("compressed_train_error", pa.float64()),
+    ("compressed_test_error", pa.float64()),
+    ("compressed_test_loss", pa.float64()),
+    ("compressed_margin_loss", pa.float64()),
+])
+
+TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES, "layers": LAYERS,
+                                "bounds": BOUNDS}

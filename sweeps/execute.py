@@ -2,7 +2,7 @@
 
 ``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
 both backends produce identical tables. The family's files are published curves first,
-runs last: a ``runs`` file is the mark that the family is done. While it trains, the
+measure tables next, runs last: a ``runs`` file is the mark that the family is done. While it trains, the
 family checkpoints under ``<results>/checkpoints/sweep=<name>/<family_id>.pt``; a retried
 or resumed family continues from there, and the checkpoint is removed once the rows are
 published.
@@ -19,8 +19,9 @@ import torch
 from core.checkpoint import Checkpointer
 from core.train import describe_device, pick_device, train_family
 from storage.parquet import partition_dir, table_path, write_atomic
+from sweeps.measures import measure_family, snapshot_steps
 from sweeps.records import RunStatus, failed_family_table, trained_family_tables
-from sweeps.spec import RunSpec
+from sweeps.spec import MeasureSpec, RunSpec
 from sweeps.version import code_version
 
 
@@ -33,6 +34,7 @@ class FamilyJob:
     runs: tuple[RunSpec, ...]
     results: str
     num_gpus: float = 0.0
+    measure: MeasureSpec = MeasureSpec()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -60,12 +62,14 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     results = Path(job.results)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
-        result = train_family(job.runs, device, checkpoint)
+        result = train_family(job.runs, device, checkpoint, snapshot_steps(job.measure, job.runs[0]))
+        measured = measure_family(job.measure, job.sweep, job.runs, result)
     except Exception as exc:  # recorded in the runs table; the other families carry on
         return record_failure(job, f"{type(exc).__name__}: {exc}", describe_device(device))
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
                                                      code_version(), _now())
-    write_atomic(curves_table, table_path(results, "curves", job.sweep, job.family_id))
+    for table, rows in {"curves": curves_table, **measured}.items():
+        write_atomic(rows, table_path(results, table, job.sweep, job.family_id))
     write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
     checkpoint.remove()
     statuses = runs_table.column("status").to_pylist()

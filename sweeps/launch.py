@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from core.errors import StorageError, SweepNotFound, TheoryscopeError
 from storage.parquet import Scan, clean, scan
+from storage.schemas import TABLES
 from sweeps.catalog import find_sweep, list_sweeps, record_sweep, same_experiment
 from sweeps.dispatch import Backend
 from sweeps.execute import FamilyJob, FamilyOutcome
@@ -26,7 +27,7 @@ from sweeps.records import RunStatus
 from sweeps.spec import SweepSpec
 
 # Tables a family writes, plus its checkpoints; cleaned before a sweep runs.
-SWEEP_DIRS = ("sweeps", "runs", "curves", "checkpoints")
+SWEEP_DIRS = (*TABLES, "checkpoints")
 
 
 @dataclass
@@ -134,8 +135,8 @@ def launch(plan: Plan, results: Path, backend: Backend,
     todo = sum(f.size for f in plan.families)
     summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
                             removed=removed)
-    jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, str(results), plan.spec.resources.num_gpus)
-            for f in plan.families]
+    jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, str(results), plan.spec.resources.num_gpus,
+                      plan.spec.measure) for f in plan.families]
 
     def finished(outcome: FamilyOutcome) -> None:
         summary.outcomes.append(outcome)

@@ -175,6 +175,19 @@ def _check_grid_value(spec: SweepSpec, target: str, value: Any, path: str) -> An
 
 
 def _coerce(value: Any, kind: Any, path: str) -> Any:
+    options = typing.get_args(kind)
+    if type(None) in options:  # an optional measure: true, false, or a table of options
+        cls = next(o for o in options if o is not type(None))
+        if isinstance(value, bool):
+            return cls() if value else None
+        if isinstance(value, dict):
+            return _build_section(cls, value, path)
+        raise SpecError(f"{path}: expected true, false or a table of options, got {value!r}")
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list):
+            raise SpecError(f"{path}: expected a list, got {value!r}")
+        item = typing.get_args(kind)[0]
+        return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if isinstance(kind, type) and issubclass(kind, Choice):
         try:
             return kind(value)

@@ -233,10 +233,57 @@ class TrainSpec:
         return sorted(set(range(0, self.steps + 1, self.log_every)) | {self.steps})
 
 
+class Samples(Choice):
+    TRAIN = "train"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class CushionSpec:
+    """Noise stability and the compression bound (Arora, Ge, Neyshabur & Zhang 2018)."""
+
+    # Which data the measures are computed on; the paper's S is the training set.
+    samples: Samples = Samples.TRAIN
+    # At most this many samples (the first ones of that set).
+    max_samples: int = 256
+    # Percentiles of the per-sample cushions stored beside their minimum (the paper's mu).
+    percentiles: tuple[float, ...] = (10.0, 50.0)
+    # Steps at which to measure as well as after training, to watch cushions evolve.
+    steps: tuple[int, ...] = ()
+    # Helper matrices per layer for Matrix-Project; 0 skips evaluating a compressed net.
+    compression_k: int = 256
+    # Interlayer smoothness: perturbation size relative to ||x^i||, draws per sample, and
+    # the delta of rho_delta.
+    noise_scale: float = 0.1
+    draws: int = 8
+    delta: float = 0.1
+    # Margin gamma of the bound: this percentile of the training margins (classification).
+    margin_percentile: float = 10.0
+    # Seed of the perturbations and of the Matrix-Project helpers.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_samples >= 1, "max_samples", "an integer >= 1", self.max_samples)
+        _require(all(_finite(p) and 0 <= p <= 100 for p in self.percentiles), "percentiles",
+                 "a list of numbers in [0, 100]", list(self.percentiles))
+        _require(all(s >= 0 for s in self.steps), "steps", "a list of integers >= 0", list(self.steps))
+        _require(self.compression_k >= 0, "compression_k", "an integer >= 0 (0 = no compression)",
+                 self.compression_k)
+        _require(_finite(self.noise_scale) and self.noise_scale > 0, "noise_scale", "a number > 0",
+                 self.noise_scale)
+        _require(self.draws >= 1, "draws", "an integer >= 1", self.draws)
+        _require(_finite(self.delta) and 0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
+        _require(_finite(self.margin_percentile) and 0 < self.margin_percentile < 100,
+                 "margin_percentile", "a number in (0, 100)", self.margin_percentile)
+        _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
-    """Measurements after training. The measures arrive with their issues (cushions,
-    valleys, overtraining, acceleration); until then this section takes no keys."""
+    """Measurements of trained nets; each is off unless named here."""
+
+    # Cushions, noise stability and the compression bound: true, or a table of options.
+    cushions: CushionSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,244 @@
+"""Noise-stability measures of Arora, Ge, Neyshabur & Zhang, "Stronger generalization
+bounds for deep nets via a compression approach", ICML 2018 (Section 4).
+
+Notation of the paper: x^0 is the input, x^i = A^i phi(x^{i-1}) (+ b^i) the
+pre-activation output of layer i (phi(x^0) := x^0), h^i the width of layer i, M^{i,j} the
+map x^i -> x^j and J^{i,j}_{x^i} its Jacobian at x^i. For a ReLU net
+J^{i,j}_{x^i} = A^j D^{j-1} A^{j-1} ... A^{i+1} D^i with D^k = diag(1[x^k > 0]): the exact
+ReLU-mask product, computed here per sample (no elementwise shortcut).
+
+Every function takes a single net (``weights`` a list of ``[out, in]`` matrices, ``x`` of
+shape ``[n, in]``) or a stacked family (a leading ``F`` on every tensor) and returns
+results with the same leading dimension. ``nonlinear=False`` makes phi the identity (a
+deep linear net). Random perturbations are drawn once, from ``generator``, and shared by
+all members of a family (common random numbers), so a family's results equal its
+members' results computed one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+Tensor = torch.Tensor
+# Largest number of Jacobian entries held at once (chunks of samples keep memory bounded).
+JACOBIAN_BUDGET = 2**25
+
+
+def _family(weights: Sequence[Tensor], biases: Sequence[Tensor] | None, x: Tensor):
+    """Add a family dimension to a single net; return (weights, biases, x, was_single)."""
+    single = weights[0].dim() == 2
+    if single:
+        weights = [w.unsqueeze(0) for w in weights]
+        biases = None if biases is None else [b.unsqueeze(0) for b in biases]
+        x = x.unsqueeze(0)
+    return list(weights), None if biases is None else list(biases), x, single
+
+
+def _out(t: Tensor, single: bool) -> Tensor:
+    return t.squeeze(0) if single else t
+
+
+def _phi(z: Tensor, nonlinear: bool) -> Tensor:
+    return torch.relu(z) if nonlinear else z
+
+
+def _layer(w: Tensor, b: Tensor | None, z: Tensor) -> Tensor:
+    """A z (+ b) for a family: z ``[F, ..., in]`` -> ``[F, ..., out]``."""
+    shape = z.shape
+    out = torch.bmm(z.reshape(shape[0], -1, shape[-1]), w.transpose(1, 2)).reshape(*shape[:-1], w.shape[1])
+    if b is not None:
+        out = out + b.view(b.shape[0], *([1] * (out.dim() - 2)), b.shape[1])
+    return out
+
+
+def preactivations(weights, biases, x: Tensor, nonlinear: bool = True) -> list[Tensor]:
+    """[x^0, x^1, ..., x^L] of a family (x^0 the input)."""
+    xs = [x]
+    for i, w in enumerate(weights):
+        inp = xs[-1] if i == 0 else _phi(xs[-1], nonlinear)
+        xs.append(_layer(w, None if biases is None else biases[i], inp))
+    return xs
+
+
+def _mask(z: Tensor, nonlinear: bool) -> Tensor:
+    """Diagonal of D = phi'(z): 1[z > 0] for ReLU (autograd's convention at 0), else 1."""
+    return (z > 0).to(z.dtype) if nonlinear else torch.ones_like(z)
+
+
+def layer_cushion(weights, biases, x: Tensor, nonlinear: bool = True) -> Tensor:
+    """Per-sample layer cushion (Definition 4.1), ``[L, n]``:
+    ``||A^i phi(x^{i-1})|| / (||A^i||_F ||phi(x^{i-1})||)``. The paper's mu_i is the
+    minimum over the samples. Biases are not part of A^i phi(x^{i-1})."""
+    weights, biases, x, single = _family(weights, biases, x)
+    xs = preactivations(weights, biases, x, nonlinear)
+    rows = []
+    for i, w in enumerate(weights, start=1):
+        a = xs[0] if i == 1 else _phi(xs[i - 1], nonlinear)
+        num = _layer(w, None, a).norm(dim=-1)
+        den = torch.linalg.matrix_norm(w).unsqueeze(-1) * a.norm(dim=-1)
+        rows.append(num / den)
+    return _out(torch.stack(rows, dim=1), single)
+
+
+def activation_contraction(weights, biases, x: Tensor, nonlinear: bool = True) -> Tensor:
+    """Per hidden layer, ``[L-1]``: max over samples of ``||x^i|| / ||phi(x^i)||``
+    (Definition 4.3; the paper's c is the maximum over layers, 1 with no hidden layer)."""
+    weights, biases, x, single = _family(weights, biases, x)
+    xs = preactivations(weights, biases, x, nonlinear)
+    rows = [(xs[i].norm(dim=-1) / _phi(xs[i], nonlinear).norm(dim=-1)).amax(dim=-1)
+            for i in range(1, len(weights))]
+    f = x.shape[0]
+    return _out(torch.stack(rows, dim=1) if rows else x.new_zeros(f, 0), single)
+
+
+def _jacobian_chunks(weights, xs: list[Tensor], i: int, nonlinear: bool):
+    """For layer i, yield ``(samples, j, J)`` with J = J^{i,j}_{x^i} of shape
+    ``[F, s, h^j, h^i]`` for j = i+1..L, over chunks of samples."""
+    if i >= len(weights):
+        return  # no layer above the last
+    f, n = xs[0].shape[:2]
+    widest = max(w.shape[1] for w in weights[i:])
+    chunk = max(1, JACOBIAN_BUDGET // max(1, f * widest * xs[i].shape[-1]))
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        jac = None
+        for j in range(i + 1, len(weights) + 1):
+            w = weights[j - 1]  # A^j, [F, h^j, h^{j-1}]
+            d = _mask(xs[j - 1][:, rows], nonlinear)  # D^{j-1}, [F, s, h^{j-1}]
+            if jac is None:  # J^{i,i+1} = A^{i+1} D^i
+                jac = w.unsqueeze(1) * d.unsqueeze(2)
+            else:  # J^{i,j} = A^j D^{j-1} J^{i,j-1}
+                jac = torch.matmul(w.unsqueeze(1), d.unsqueeze(-1) * jac)
+            yield rows, j, jac
+
+
+def _cushion_of(jac: Tensor, xi: Tensor) -> Tensor:
+    """``||J x|| / (||J||_F ||x||)`` per sample, ``jac [F, s, a, b]``, ``xi [F, s, b]``."""
+    jx = torch.matmul(jac, xi.unsqueeze(-1)).squeeze(-1)
+    return jx.norm(dim=-1) / (torch.linalg.matrix_norm(jac) * xi.norm(dim=-1))
+
+
+def interlayer_cushion(weights, biases, x: Tensor, i: int, j: int, nonlinear: bool = True) -> Tensor:
+    """Per-sample interlayer cushion (Definition 4.2), ``[n]``, 1 <= i < j <= L:
+    ``||J^{i,j}_{x^i} x^i|| / (||J^{i,j}_{x^i}||_F ||x^i||)``. The paper's mu_{i,j} is the
+    minimum over the samples."""
+    weights, biases, x, single = _family(weights, biases, x)
+    if not 1 <= i < j <= len(weights):
+        raise ValueError(f"need 1 <= i < j <= {len(weights)}, got i={i}, j={j}")
+    xs = preactivations(weights, biases, x, nonlinear)
+    out = x.new_empty(x.shape[0], x.shape[1])
+    for rows, jj, jac in _jacobian_chunks(weights, xs, i, nonlinear):
+        if jj == j:
+            out[:, rows] = _cushion_of(jac, xs[i][:, rows])
+    return _out(out, single)
+
+
+def min_interlayer_cushion(weights, biases, x: Tensor, nonlinear: bool = True) -> Tensor:
+    """Per layer and sample, ``[L, n]``: min(1/sqrt(h^i), min_{i<j<=L} of the interlayer
+    ratio). Its minimum over samples is the paper's minimal interlayer cushion
+    mu_{i->} = min_{i<=j<=L} mu_{i,j} (J^{i,i} = I gives mu_{i,i} = 1/sqrt(h^i))."""
+    weights, biases, x, single = _family(weights, biases, x)
+    xs = preactivations(weights, biases, x, nonlinear)
+    rows = []
+    for i in range(1, len(weights) + 1):
+        best = torch.full(x.shape[:2], 1.0 / math.sqrt(xs[i].shape[-1]), dtype=x.dtype, device=x.device)
+        for samples, _, jac in _jacobian_chunks(weights, xs, i, nonlinear):
+            best[:, samples] = torch.minimum(best[:, samples], _cushion_of(jac, xs[i][:, samples]))
+        rows.append(best)
+    return _out(torch.stack(rows, dim=1), single)
+
+
+def _unit_noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Gaussian directions of unit norm along the last axis, drawn on the CPU."""
+    eta = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    return (eta / eta.norm(dim=-1, keepdim=True)).to(device=like.device, dtype=like.dtype)
+
+
+def _propagate(weights, biases, z: Tensor, i: int, nonlinear: bool) -> list[Tensor]:
+    """[M^{i,i+1}(z), ..., M^{i,L}(z)] for z living at layer i (family, any middle dims)."""
+    outs = []
+    for k in range(i, len(weights)):
+        z = _layer(weights[k], None if biases is None else biases[k], _phi(z, nonlinear))
+        outs.append(z)
+    return outs
+
+
+def _linearised(weights, xs: list[Tensor], z: Tensor, i: int, nonlinear: bool) -> list[Tensor]:
+    """[J^{i,j}_{x^i} z for j = i+1..L]: the map with every mask fixed at x's pattern
+    (``z [F, n, draws, h^i]``)."""
+    outs = []
+    for k in range(i, len(weights)):
+        z = _layer(weights[k], None, _mask(xs[k], nonlinear).unsqueeze(2) * z)
+        outs.append(z)
+    return outs
+
+
+def interlayer_smoothness(weights, biases, x: Tensor, noise_scale: float = 0.1, draws: int = 8,
+                          generator: torch.Generator | None = None, nonlinear: bool = True) -> Tensor:
+    """Per hidden layer i, sample and noise draw, ``[L-1, n, draws]``: the largest rho for
+    which Definition 4.4's inequality holds at every later layer,
+
+        min_{i<j<=L} ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J^{i,j}_{x^i}(x^i + eta)||),
+
+    with eta Gaussian of norm ``noise_scale * ||x^i||``. Infinite where the map is linear
+    along the perturbation. ``smoothness_quantile`` turns it into rho_delta."""
+    weights, biases, x, single = _family(weights, biases, x)
+    xs = preactivations(weights, biases, x, nonlinear)
+    f, n = x.shape[:2]
+    rows = []
+    for i in range(1, len(weights)):
+        xi = xs[i]
+        eta = _unit_noise((n, draws, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1))[..., None, None]
+        z = xi.unsqueeze(2) + eta
+        ratio = torch.full((f, n, draws), math.inf, dtype=x.dtype, device=x.device)
+        for j, (true, lin) in enumerate(zip(_propagate(weights, biases, z, i, nonlinear),
+                                            _linearised(weights, xs, z, i, nonlinear)), start=i + 1):
+            gap = (true - lin).norm(dim=-1)
+            scale = eta.norm(dim=-1) * xs[j].norm(dim=-1).unsqueeze(-1) / xi.norm(dim=-1).unsqueeze(-1)
+            ratio = torch.minimum(ratio, torch.where(gap > 0, scale / gap, math.inf))
+        rows.append(ratio)
+    if not rows:
+        return _out(x.new_zeros(f, 0, n, draws), single)
+    return _out(torch.stack(rows, dim=1), single)
+
+
+def smoothness_quantile(ratios: Tensor, delta: float) -> Tensor:
+    """rho_delta per layer: the delta-quantile over samples and draws, i.e. the largest
+    rho for which the inequality holds for a 1 - delta fraction. ``ratios`` is
+    ``[..., L-1, n, draws]`` as returned by ``interlayer_smoothness``."""
+    flat = ratios.flatten(start_dim=-2)
+    if flat.numel() == 0:  # no hidden layer
+        return flat.new_zeros(flat.shape[:-1])
+    finite = torch.where(torch.isinf(flat), torch.finfo(flat.dtype).max, flat)
+    q = torch.quantile(finite, delta, dim=-1)
+    return torch.where(q >= torch.finfo(flat.dtype).max, math.inf, q)
+
+
+def noise_attenuation(weights, biases, x: Tensor, generator: torch.Generator | None = None,
+                      nonlinear: bool = True) -> Tensor:
+    """How noise injected at layer i dies out upward, ``[L-1, L]``: for 1 <= i < j <= L the
+    median over samples of ``||M^{i,j}(x^i + eta) - x^j|| / ||x^j||`` with Gaussian eta of
+    norm ``||x^i||`` (as large as the signal); NaN where j <= i. Column L is the output."""
+    weights, biases, x, single = _family(weights, biases, x)
+    xs = preactivations(weights, biases, x, nonlinear)
+    f, n = x.shape[:2]
+    depth = len(weights)
+    out = torch.full((f, max(depth - 1, 0), depth), math.nan, dtype=x.dtype, device=x.device)
+    for i in range(1, depth):
+        xi = xs[i]
+        eta = _unit_noise((n, xi.shape[-1]), generator, x) * xi.norm(dim=-1, keepdim=True)
+        for j, noisy in enumerate(_propagate(weights, biases, xi + eta, i, nonlinear), start=i + 1):
+            rel = (noisy - xs[j]).norm(dim=-1) / xs[j].norm(dim=-1)
+            out[:, i - 1, j - 1] = rel.median(dim=-1).values
+    return _out(out, single)
+
+
+def weight_norms(weights: Sequence[Tensor]) -> dict[str, Tensor]:
+    """Per layer ``[L]`` (or ``[F, L]``): Frobenius norm, spectral norm and stable rank
+    ``||A||_F^2 / ||A||_2^2``."""
+    fro = torch.stack([torch.linalg.matrix_norm(w) for w in weights], dim=-1)
+    spec = torch.stack([torch.linalg.matrix_norm(w, ord=2) for w in weights], dim=-1)
+    return {"frobenius": fro, "spectral": spec, "stable_rank": fro**2 / spec**2}
