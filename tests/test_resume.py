@@ -139,10 +139,10 @@ def test_failed_runs_are_kept_until_retried_then_replaced(results, monkeypatch):
 
     real = core.train.train_family
 
-    def flaky(runs, device, checkpoint=None):
+    def flaky(runs, device, *rest):
         if runs[0].model.depth == 2:
             raise RuntimeError("CUDA out of memory")
-        return real(runs, device, checkpoint)
+        return real(runs, device, *rest)
 
     monkeypatch.setattr("sweeps.execute.train_family", flaky)
     spec = parse_spec(SMALL_SPEC)

@@ -64,10 +64,10 @@ def test_a_different_spec_under_the_same_name_is_refused(results):
 def test_a_family_that_raises_is_recorded_as_failed_and_the_others_carry_on(results, monkeypatch):
     real = core.train.train_family
 
-    def flaky(runs, device, checkpoint=None):
+    def flaky(runs, device, *rest):
         if runs[0].model.depth == 2:
             raise RuntimeError("out of luck")
-        return real(runs, device, checkpoint)
+        return real(runs, device, *rest)
 
     monkeypatch.setattr("sweeps.execute.train_family", flaky)
     summary = run_local(SMALL_SPEC, results)

@@ -1,6 +1,6 @@
 """Compression and the compression-based bound of Arora, Ge, Neyshabur & Zhang (ICML 2018).
 
-Matrix-Project (the paper's Algorithm 2): draw k helper matrices M_1..M_k with iid +-1
+Matrix-Project (the paper's projection step): draw k helper matrices M_1..M_k with iid +-1
 entries from a seed chosen *before* seeing data, and replace a layer's matrix A by
 
     Â = (1/k) sum_l <A, M_l> M_l,
