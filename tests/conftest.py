@@ -53,6 +53,27 @@ def write_spec(tmp_path: Path):
     return write
 
 
+@pytest.fixture
+def fail_families(monkeypatch):
+    """``fail_families(depth, message)``: training of families of that depth raises
+    RuntimeError(message) (in this process, i.e. with the local backend); returns a
+    function that makes training work again."""
+    import core.train
+
+    real = core.train.train_family
+
+    def arrange(depth: int, message: str):
+        def flaky(runs, device, *rest):
+            if runs[0].model.depth == depth:
+                raise RuntimeError(message)
+            return real(runs, device, *rest)
+
+        monkeypatch.setattr("sweeps.execute.train_family", flaky)
+        return lambda: monkeypatch.setattr("sweeps.execute.train_family", real)
+
+    return arrange
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds).

@@ -134,20 +134,11 @@ def test_a_worker_that_keeps_dying_is_recorded_as_failed(results, ray_session):
     assert len(errors) == 1 and errors[0]["status"] == "failed" and "died" in errors[0]["error"].lower()
 
 
-def test_failed_runs_are_kept_until_retried_then_replaced(results, monkeypatch):
-    import core.train
-
-    real = core.train.train_family
-
-    def flaky(runs, device, *rest):
-        if runs[0].model.depth == 2:
-            raise RuntimeError("CUDA out of memory")
-        return real(runs, device, *rest)
-
-    monkeypatch.setattr("sweeps.execute.train_family", flaky)
+def test_failed_runs_are_kept_until_retried_then_replaced(results, fail_families):
+    heal = fail_families(2, "CUDA out of memory")
     spec = parse_spec(SMALL_SPEC)
     launch(prepare(spec, results), results, LocalBackend())
-    monkeypatch.setattr("sweeps.execute.train_family", real)
+    heal()
     assert prepare_resume(results, "small").families == ()  # failed runs are recorded, not lost
     retry = prepare_resume(results, "small", retry_failed=True)
     assert sum(f.size for f in retry.families) == 4

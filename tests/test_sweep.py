@@ -6,7 +6,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import core.train
 from core.errors import TheoryscopeError
 from storage.query import run_query
 from sweeps.dispatch import LocalBackend, RayBackend
@@ -61,15 +60,8 @@ def test_a_different_spec_under_the_same_name_is_refused(results):
     assert counts == [{"sweep": "small", "n": 8}, {"sweep": "small-40-steps", "n": 8}]
 
 
-def test_a_family_that_raises_is_recorded_as_failed_and_the_others_carry_on(results, monkeypatch):
-    real = core.train.train_family
-
-    def flaky(runs, device, *rest):
-        if runs[0].model.depth == 2:
-            raise RuntimeError("out of luck")
-        return real(runs, device, *rest)
-
-    monkeypatch.setattr("sweeps.execute.train_family", flaky)
+def test_a_family_that_raises_is_recorded_as_failed_and_the_others_carry_on(results, fail_families):
+    fail_families(2, "out of luck")
     summary = run_local(SMALL_SPEC, results)
     assert summary.total("n_failed") == 4 and summary.total("n_ok") == 4
     failed = run_query(results, "SELECT depth, error FROM runs WHERE status = 'failed'").to_pylist()
