@@ -33,7 +33,8 @@ DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT64: torch.float64}
 
 @dataclass(frozen=True)
 class FamilyResult:
-    """What training a family produced, on the host.
+    """What training a family produced: curves and final weights on the host, data and
+    snapshots on the training device.
 
     Curve arrays are ``[T, F]`` over ``steps``; the final metrics are the last curve point.
     Error arrays are None for regression. ``diverged_step[f]`` is the step at which member
