@@ -169,6 +169,12 @@ def execute(the_plan: Plan, results: Path, address: str | None, backend: Backend
                 say_error("interrupted: finished families are kept, running ones were cancelled")
                 err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
                           highlight=False, soft_wrap=True)
+                if backend is BackendName.RAY:
+                    # Everything finished is on disk; Ray's own teardown of cancelled tasks
+                    # can abort the process (seen with Ray 2.60), so leave without it.
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(EXIT_INTERRUPTED)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
     if summary.removed:
         warn(f"removed {len(summary.removed)} damaged or leftover files of earlier interruptions: "

@@ -15,17 +15,22 @@ data set is the same on any machine, device or dtype; the trainer casts it after
   E||μ_a - μ_b||² = class_sep², and unit within-class covariance; labels are uniform.
   A fraction ``label_noise`` of training labels is replaced, once, by a uniformly random
   *different* class (Nakkiran et al. 2019); the test set stays clean.
+* ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``: seeded subsamples of real data
+  (``core.datasets``), with the same label corruption.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from core import datasets
 from core.seeding import generator
-from sweeps.spec import DataKind, DataSpec
+from sweeps.spec import REAL_DATA, DataKind, DataSpec
 
 F64 = torch.float64
 REFERENCE_SAMPLES = 2**14
@@ -54,7 +59,7 @@ def make_dataset(spec: DataSpec) -> Dataset:
         DataKind.LINEAR_TEACHER: _linear_teacher,
         DataKind.GAUSSIAN_MIXTURE: _gaussian_mixture,
     }
-    return builders[spec.kind](spec)
+    return builders.get(spec.kind, _real)(spec)
 
 
 def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:
@@ -115,10 +120,48 @@ def _gaussian_mixture(s: DataSpec) -> Dataset:
 
     x_train, clean = sample(s.n_train, "train")
     x_test, y_test = sample(s.n_test, "test")
-    n_flipped = math.floor(s.label_noise * s.n_train + 0.5)
-    order = torch.randperm(s.n_train, generator=generator(s.seed, "gaussian-mixture", "flip-order"))
-    offset = torch.randint(1, k, (s.n_train,), generator=generator(s.seed, "gaussian-mixture", "flip-offset"))
-    noisy = torch.zeros(s.n_train, dtype=torch.bool)
-    noisy[order[:n_flipped]] = True
-    y_train = torch.where(noisy, (clean + offset) % k, clean)
+    y_train, noisy = corrupt_labels(clean, k, s.label_noise, s.seed, "gaussian-mixture")
     return Dataset(x_train, y_train, x_test, y_test, True, k, noisy)
+
+
+def corrupt_labels(clean: torch.Tensor, k: int, fraction: float, seed: int, name: str):
+    """Replace round(fraction x n) labels, chosen at random once per data seed, by a
+    uniformly random *different* class (Nakkiran et al. 2019); fraction 1 gives random
+    labels of a kind that never agree with the truth (Zhang et al. 2017 use uniform ones).
+    Returns the labels and the mask of changed ones."""
+    n = clean.shape[0]
+    order = torch.randperm(n, generator=generator(seed, name, "flip-order"))
+    offset = torch.randint(1, k, (n,), generator=generator(seed, name, "flip-offset"))
+    noisy = torch.zeros(n, dtype=torch.bool)
+    noisy[order[:math.floor(fraction * n + 0.5)]] = True
+    return torch.where(noisy, (clean + offset) % k, clean), noisy
+
+
+def _real(s: DataSpec) -> Dataset:
+    """A subsample of a real data set: pixels scaled to [0, 1], then centred and scaled by
+    the mean and standard deviation of all pixels of the official training split."""
+    splits = datasets.load(s.kind.value, s.path)
+    name = s.kind.value
+    if s.kind is DataKind.DIGITS:  # one set: a seeded split into test and train parts
+        order = torch.randperm(len(splits.y_train), generator=generator(s.seed, name, "split"))
+        test_idx, train_idx = order[:s.n_test], order[s.n_test:s.n_test + s.n_train]
+    else:
+        train_idx = torch.randperm(len(splits.y_train), generator=generator(s.seed, name, "train-order"))[:s.n_train]
+        test_idx = torch.randperm(len(splits.y_test), generator=generator(s.seed, name, "test-order"))[:s.n_test]
+    mean, std = _pixel_stats(s.kind.value, s.path)
+
+    def features(x: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
+        return (torch.from_numpy(x[idx.numpy()]).to(F64) / splits.scale - mean) / std
+
+    classes = REAL_DATA[s.kind].classes
+    clean = torch.from_numpy(splits.y_train[train_idx.numpy()])
+    y_train, noisy = corrupt_labels(clean, classes, s.label_noise, s.seed, name)
+    return Dataset(features(splits.x_train, train_idx), y_train, features(splits.x_test, test_idx),
+                   torch.from_numpy(splits.y_test[test_idx.numpy()]), True, classes, noisy)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_stats(kind: str, path: str) -> tuple[float, float]:
+    splits = datasets.load(kind, path)
+    scaled = splits.x_train / splits.scale
+    return float(scaled.mean()), float(scaled.std())

@@ -6,8 +6,9 @@ own gradient) and one stacked optimizer update. Curve points are written into te
 the device and copied to the host once, at the end. A member whose training loss stops
 being finite is frozen where it stands and reported as diverged; the others carry on.
 
-Losses: regression uses the mean squared error over samples and outputs (also the
-objective); classification uses cross-entropy, with the 0-1 error rate reported beside it.
+Losses: regression reports the mean squared error over samples and outputs and trains on
+it, or on (1/2) x the summed squared error with ``train.objective = "half-sum"``;
+classification uses cross-entropy, with the 0-1 error rate reported beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from core.checkpoint import Checkpointer
 from core.data import Dataset, make_dataset
 from core.optim import Hyper, StackedOptimizer
 from core.seeding import generator
-from sweeps.spec import DType, RunSpec
+from sweeps.spec import DType, Objective, RunSpec
 
 DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT64: torch.float64}
 
@@ -155,7 +156,7 @@ class FamilyTraining:
         self.spec_train, spec_data, spec_model = first.train, first.data, first.model
         self.dtype = DTYPES[self.spec_train.dtype]
         self.data = stack_data(runs, self.dtype, device)
-        dims = spec_model.layer_dims(spec_data.input_dim, spec_data.n_outputs)
+        dims = spec_model.layer_dims(spec_data.n_inputs, spec_data.n_outputs)
         self.params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, self.dtype, device)
         self.tensors = self.params.tensors()
         self.optimizer = StackedOptimizer(self.spec_train.optimizer, _hyper(runs, self.dtype, device), self.tensors)
@@ -212,6 +213,8 @@ class FamilyTraining:
         self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
         self.active &= ~bad
         if training:
+            if self.spec_train.objective is Objective.HALF_SUM:  # (1/2) sum of squares = n O / 2 x mean
+                loss = loss * (yb.shape[1] * yb.shape[2] / 2)
             total = torch.where(self.active, loss, 0.0).sum()
             grads = torch.autograd.grad(total, self.tensors)
             self.optimizer.step(self.tensors, grads, self.active)

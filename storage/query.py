@@ -55,11 +55,43 @@ def debris(results: Path) -> Scan:
     return found
 
 
+# Views computed from the tables. overtraining: per run, where each test curve is best
+# (the earliest step with the lowest value), its final value, the gap between them and
+# whether early stopping would have helped (Advani & Saxe 2017; Nakkiran et al. 2019); it
+# agrees with core.measures.overtraining.summarize.
+DERIVED = {
+    "overtraining": """
+        WITH best AS (
+            SELECT sweep, run_id, max(step) AS last_step, min(test_loss) AS best_test_loss,
+                   min(test_error) AS best_test_error, min(theory_test_loss) AS theory_best_test_loss
+            FROM curves GROUP BY sweep, run_id)
+        SELECT sweep, run_id,
+               min(step) FILTER (WHERE test_loss = best_test_loss) AS best_step,
+               any_value(best_test_loss) AS best_test_loss,
+               any_value(test_loss) FILTER (WHERE step = last_step) AS final_test_loss,
+               any_value(test_loss) FILTER (WHERE step = last_step) - any_value(best_test_loss) AS overtraining_gap,
+               any_value(test_loss) FILTER (WHERE step = last_step) > any_value(best_test_loss)
+                   AS early_stopping_helps,
+               min(step) FILTER (WHERE test_error = best_test_error) AS best_error_step,
+               any_value(best_test_error) AS best_test_error,
+               any_value(test_error) FILTER (WHERE step = last_step) AS final_test_error,
+               any_value(test_error) FILTER (WHERE step = last_step) - any_value(best_test_error)
+                   AS error_overtraining_gap,
+               min(step) FILTER (WHERE theory_test_loss = theory_best_test_loss) AS theory_best_step,
+               any_value(theory_best_test_loss) AS theory_best_test_loss,
+               any_value(theory_test_loss) FILTER (WHERE step = last_step) AS theory_final_test_loss
+        FROM curves JOIN best USING (sweep, run_id)
+        GROUP BY sweep, run_id""",
+}
+
+
 def connect(results: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table."""
+    """An in-memory DuckDB connection with one view per table, and the derived views."""
     con = duckdb.connect(":memory:")
     for table in TABLES:
         con.execute(f"CREATE VIEW {table} AS {view_sql(results, table)}")
+    for view, sql in DERIVED.items():
+        con.execute(f"CREATE VIEW {view} AS {sql}")
     return con
 
 
@@ -86,7 +118,7 @@ def describe_views(results: Path) -> dict[str, list[tuple[str, str]]]:
     """Each view's columns as (name, DuckDB type)."""
     con = connect(results)
     try:
-        return {table: [(row[0], row[1]) for row in con.execute(f"DESCRIBE {table}").fetchall()]
-                for table in TABLES}
+        return {view: [(row[0], row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()]
+                for view in (*TABLES, *DERIVED)}
     finally:
         con.close()

@@ -57,6 +57,7 @@ RUNS = pa.schema([
     ("n_classes", pa.int64()),
     ("class_sep", pa.float64()),
     ("data_seed", pa.int64()),        # data.seed
+    ("path", pa.string()),            # data.path (mnist, fashion-mnist, cifar10)
     ("activation", pa.string()),
     ("bias", pa.bool_()),
     ("init", pa.string()),
@@ -68,6 +69,7 @@ RUNS = pa.schema([
     ("eps", pa.float64()),
     ("log_every", pa.int64()),
     ("dtype", pa.string()),
+    ("objective", pa.string()),       # train.objective (regression)
     ("code_version", pa.string()),
 ])
 

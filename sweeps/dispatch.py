@@ -8,11 +8,14 @@ identical tables.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -84,7 +87,8 @@ class RayBackend:
             # packages with the job (they still need torch, numpy, pyarrow).
             options["runtime_env"] = {"py_modules": [str(Path(m.__file__).parent) for m in (core, sweeps, storage)]}
         try:
-            ray.init(address=self.address, **options)
+            with _daemons_ignore_ctrl_c(started_here=not self.address):
+                ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
@@ -92,8 +96,8 @@ class RayBackend:
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Submit every family, report each as it finishes. A family whose worker died
         more often than ``max_retries`` is recorded as failed. On KeyboardInterrupt every
-        family still running or queued is cancelled (its worker killed; finished
-        families stay) and the interrupt propagates."""
+        family still running or queued is cancelled (finished families stay) and the
+        interrupt propagates."""
         import ray
         from ray.exceptions import RayError
 
@@ -116,9 +120,29 @@ class RayBackend:
                         outcome = record_failure(job, _one_line(exc))
                     on_done(outcome)
         except BaseException:
+            # A gentle cancel raises KeyboardInterrupt in the task at its next bytecode;
+            # force=True (killing workers) made Ray 2.60 abort on replies of tasks that
+            # were finishing. Best effort: Ray may be going down too.
             for ref in pending:
-                ray.cancel(ref, force=True)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
             raise
+
+
+@contextlib.contextmanager
+def _daemons_ignore_ctrl_c(started_here: bool) -> Iterator[None]:
+    """Start the embedded Ray's daemons with SIGINT ignored (the disposition survives
+    exec). A terminal sends Ctrl-C to its whole foreground process group, which holds
+    those daemons too; they must not die under the driver, which cancels the families
+    and shuts Ray down itself."""
+    if not started_here or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _one_line(exc: BaseException) -> str:

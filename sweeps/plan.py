@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core import datasets
 from core.errors import SpecError
 from sweeps.spec import FieldError, Optimizer, RunSpec, SweepSpec
 
@@ -91,7 +92,7 @@ def family_key(run: RunSpec) -> tuple:
     """What members of one family must share."""
     d, m, t = run.data, run.model, run.train
     return (
-        run.experiment, d.kind, d.n_train, d.n_test, d.input_dim, d.n_outputs,
+        run.experiment, d.kind, d.n_train, d.n_test, d.n_inputs, d.n_outputs,
         m.kind, m.depth, m.width if run.applies("model", "width") else None,
         m.activation if run.applies("model", "activation") else None, m.bias,
         t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype,
@@ -132,6 +133,8 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
     """
     points = grid_points(spec)
     runs = expand_runs(spec)
+    for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
+        datasets.check_files(kind, path)  # before anything runs or is written
     families = []
     for family in pack_families(runs, spec.resources.max_family_size):
         todo = tuple(r for r in family.runs if r.run_id not in exclude)
@@ -157,7 +160,7 @@ def estimate_cost(family: Family) -> FamilyCost:
     parameters, gradients, optimizer state, activations) of a whole family."""
     run = family.exemplar
     d, t = run.data, run.train
-    dims = run.model.layer_dims(d.input_dim, d.n_outputs)
+    dims = run.model.layer_dims(d.n_inputs, d.n_outputs)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     params = weights + (sum(dims[1:]) if run.model.bias else 0)
     full_batch = t.batch_size == 0 or t.batch_size >= d.n_train
@@ -167,7 +170,7 @@ def estimate_cost(family: Family) -> FamilyCost:
     flops_member = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
     itemsize = 8 if t.dtype.value == "float64" else 4
     states = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[t.optimizer]
-    data = (d.n_train + d.n_test) * (d.input_dim + d.n_outputs)
+    data = (d.n_train + d.n_test) * (d.n_inputs + d.n_outputs)
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
     per_member = itemsize * (data + params * (2 + states) + activations)
     return FamilyCost(params, flops_member * family.size, per_member * family.size)

@@ -12,6 +12,7 @@ import pyarrow as pa
 from core.train import FamilyResult
 from storage import schemas
 from sweeps.spec import RUN_SECTIONS, Choice, RunSpec, is_hashed
+from sweeps.theory import theory_test_loss
 
 # Config fields whose column name is not the field's own name.
 RENAMED = {("data", "kind"): "dataset", ("model", "kind"): "model", ("data", "seed"): "data_seed"}
@@ -66,9 +67,18 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
         "test_loss": _curve(result.test_loss, frozen),
         "train_error": _curve(result.train_error, frozen),
         "test_error": _curve(result.test_error, frozen),
-        "theory_test_loss": pa.nulls(t * f, pa.float64()),
+        "theory_test_loss": _theory(runs, result.steps),
     }, schema=schemas.CURVES)
     return pa.Table.from_pylist(rows, schema=schemas.RUNS), curves
+
+
+def _theory(runs: Sequence[RunSpec], steps: np.ndarray) -> pa.Array:
+    """The closed-form test loss where a theory covers the run, member-major; else NULL."""
+    values = []
+    for run in runs:
+        predicted = theory_test_loss(run, steps)
+        values.extend([None] * len(steps) if predicted is None else predicted.tolist())
+    return pa.array(values, pa.float64())
 
 
 def _final(values: np.ndarray | None, member: int, frozen: np.ndarray) -> float | None:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class FieldError(ValueError):
@@ -47,10 +47,42 @@ class DataKind(Choice):
     TEACHER_STUDENT = "teacher-student"
     LINEAR_TEACHER = "linear-teacher"
     GAUSSIAN_MIXTURE = "gaussian-mixture"
+    DIGITS = "digits"
+    MNIST = "mnist"
+    FASHION_MNIST = "fashion-mnist"
+    CIFAR10 = "cifar10"
 
     @property
     def is_classification(self) -> bool:
-        return self is DataKind.GAUSSIAN_MIXTURE
+        return self not in (DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER)
+
+    @property
+    def is_real(self) -> bool:
+        return self in REAL_DATA
+
+    @property
+    def reads_files(self) -> bool:
+        return self in (DataKind.MNIST, DataKind.FASHION_MNIST, DataKind.CIFAR10)
+
+
+class RealData(NamedTuple):
+    inputs: int
+    classes: int
+    train: int  # samples of the official training split (digits: of the whole set)
+    test: int
+
+
+REAL_DATA = {
+    DataKind.DIGITS: RealData(64, 10, 1797, 1797),
+    DataKind.MNIST: RealData(784, 10, 60000, 10000),
+    DataKind.FASHION_MNIST: RealData(784, 10, 60000, 10000),
+    DataKind.CIFAR10: RealData(3072, 10, 50000, 10000),
+}
+
+
+class Objective(Choice):
+    MEAN = "mean"
+    HALF_SUM = "half-sum"
 
 
 class ModelKind(Choice):
@@ -113,6 +145,9 @@ class DataSpec:
     # Seed of the data (teacher, inputs, noise); separate from the run's seed, so the
     # teacher is fixed across a sweep unless this is swept.
     seed: int = 0
+    # Directory of the files of "mnist", "fashion-mnist" (IDX files) or "cifar10" (the
+    # python pickle batches); nothing is downloaded.
+    path: str = field(default="", metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
@@ -125,16 +160,34 @@ class DataSpec:
                  "a finite number >= 0", self.class_sep)
         _require(_finite(self.label_noise) and self.label_noise >= 0, "label_noise",
                  "a finite number >= 0", self.label_noise)
-        if self.kind is DataKind.GAUSSIAN_MIXTURE:
+        if self.kind.is_classification:
             _require(self.label_noise <= 1, "label_noise",
-                     "a fraction in [0, 1] for gaussian-mixture", self.label_noise)
+                     f"a fraction in [0, 1] for {self.kind.value}", self.label_noise)
+        if self.kind.is_real:
+            real = REAL_DATA[self.kind]
+            if self.kind is DataKind.DIGITS:
+                _require(self.n_train + self.n_test <= real.train, "n_train",
+                         f"n_train + n_test <= {real.train} (the digits set) with n_test = {self.n_test}",
+                         self.n_train)
+            else:
+                _require(self.n_train <= real.train, "n_train", f"at most {real.train}", self.n_train)
+                _require(self.n_test <= real.test, "n_test", f"at most {real.test}", self.n_test)
+        if self.kind.reads_files:
+            _require(bool(self.path), "path", f"the directory holding the {self.kind.value} files", self.path)
         if self.kind is DataKind.LINEAR_TEACHER:
             _require(self.output_dim == 1, "output_dim", "1 for linear-teacher", self.output_dim)
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
     @property
+    def n_inputs(self) -> int:
+        """Width of the student's input."""
+        return REAL_DATA[self.kind].inputs if self.kind.is_real else self.input_dim
+
+    @property
     def n_outputs(self) -> int:
         """Width of the student's last layer."""
+        if self.kind.is_real:
+            return REAL_DATA[self.kind].classes
         return self.n_classes if self.kind.is_classification else self.output_dim
 
 
@@ -201,6 +254,10 @@ class TrainSpec:
     log_every: int = 20
     # Floating-point type of data, weights and optimizer state.
     dtype: DType = DType.FLOAT32
+    # Regression objective: "mean" (the mean squared error that is reported) or
+    # "half-sum", (1/2) sum over the batch of squared errors, Advani & Saxe's convention
+    # under which gradient-flow time is t = lr x step.
+    objective: Objective = field(default=Objective.MEAN, metadata={"omit_default": True})
     # Save the family's training state every this many steps (0 = every 2 minutes of
     # training), so a retried or resumed family continues instead of restarting. It does
     # not change results, so it is not part of the run id and cannot be swept.
@@ -341,6 +398,9 @@ class RunSpec:
         so grid points that differ only in them are one run."""
         kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
         only_if = {
+            ("data", "input_dim"): not kind.is_real,
+            ("data", "path"): kind.reads_files,
+            ("train", "objective"): not kind.is_classification,
             ("data", "output_dim"): kind is DataKind.TEACHER_STUDENT,
             ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
@@ -360,7 +420,8 @@ class RunSpec:
         config: dict[str, Any] = {"experiment": self.experiment.value}
         for section in RUN_SECTIONS:
             values = _section_to_dict(getattr(self, section))
-            config[section] = {k: v for k, v in values.items() if self.applies(section, k)}
+            config[section] = {k: v for k, v in values.items()
+                               if self.applies(section, k) and not _omitted(getattr(self, section), k)}
         config["seed"] = self.seed
         return config
 
@@ -405,6 +466,13 @@ def _finite(x: float) -> bool:
 def is_hashed(f: dataclasses.Field) -> bool:
     """Whether a spec field can change a run's results (and so is part of its id)."""
     return f.metadata.get("hashed", True)
+
+
+def _omitted(section: Any, name: str) -> bool:
+    """Fields added after run ids were first published carry ``omit_default``: at their
+    default they are left out of the canonical config, so earlier runs keep their ids."""
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    return f.metadata.get("omit_default", False) and getattr(section, name) == f.default
 
 
 def _section_to_dict(section: Any) -> dict[str, Any]:

@@ -50,7 +50,10 @@ def kill_session(proc: subprocess.Popen) -> None:
     """kill -9 the process group, then anything else of its session (Ray puts its workers
     in groups of their own), by PID."""
     sid = proc.pid
-    os.killpg(sid, signal.SIGKILL)
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone already; its session may still hold Ray's workers
     proc.wait(timeout=30)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -120,6 +123,7 @@ def test_ctrl_c_stops_prints_the_resume_command_and_exits_130(write_spec, result
     proc.wait(timeout=60)
     stderr = (results.parent / "launch.err").read_text()
     assert proc.returncode == 130, stderr
+    kill_session(proc)  # nothing of Ray should be left; make sure
     command = f"theoryscope resume slow --results {results.resolve()}"
     assert command in stderr
     before = run_rows(results)
@@ -187,7 +191,7 @@ def test_a_second_ctrl_c_exits_at_once_and_corrupts_nothing(write_spec, results)
     except ProcessLookupError:
         pass  # the first one was handled already
     proc.wait(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, (results.parent / "launch.err").read_text()
     kill_session(proc)  # whatever of Ray the abrupt exit left behind
     assert all(not found.damaged for found in (scan(results, t) for t in ("runs", "curves")))
     resume(results)

@@ -96,7 +96,11 @@ BAD = [
     ('[grid]\n"model.colour" = [1]', ["grid.model.colour", "not a sweepable field", "data.n_train"]),
     ('[grid]\n"resources.num_cpus" = [1]', ["grid.resources.num_cpus", "not a sweepable field"]),
     ('[grid]\ndepth = [1]\n"model.depth" = [2]', ["grid.model.depth", "again"]),
-    ('[grid]\n"data.kind" = ["teacher-student", "mnist"]', ["grid.data.kind[1]", '"linear-teacher"', "mnist"]),
+    ('[grid]\n"data.kind" = ["teacher-student", "imagenet"]', ["grid.data.kind[1]", '"linear-teacher"', "imagenet"]),
+    ('[data]\nkind = "mnist"', ["data.path", "the directory holding the mnist files"]),
+    ('[data]\nkind = "digits"\nn_train = 1700\nn_test = 200', ["data.n_train", "1797"]),
+    ('[data]\nkind = "digits"\nlabel_noise = 1.5', ["data.label_noise", "[0, 1]"]),
+    ('[train]\nobjective = "sum"', ["train.objective", '"half-sum"']),
     ("[grid]\nseed = [-1]", ["grid.seed[0]", ">= 0"]),
 ]
 

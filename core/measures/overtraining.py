@@ -1,0 +1,113 @@
+"""Overtraining: when training longer hurts (Advani & Saxe 2017; Nakkiran et al. 2019).
+
+Linear theory (Advani & Saxe, "High-dimensional dynamics of generalization error in neural
+networks", 2017). A linear student y_hat = w.x learns a teacher y = w_bar.x + eps from P
+samples in N dimensions, x_i ~ N(0, 1/N), w_bar ~ N(0, sigma_w^2), eps ~ N(0, sigma_eps^2),
+sigma_w^2 + sigma_eps^2 = 1, SNR = sigma_w^2 / sigma_eps^2, alpha = P/N, by gradient flow
+on (1/2) sum_mu (y_mu - y_hat_mu)^2 (tau = 1), from w_0 ~ N(0, sigma_0^2). In the eigenbasis
+of X^T X each mode with eigenvalue lambda forgets its initial error as e^{-lambda t} and
+fits the noise as (1 - e^{-lambda t}) / sqrt(lambda), so
+
+    E_g(t) = int rho(lambda) [ (sigma_w^2 + sigma_0^2) e^{-2 lambda t}
+                               + sigma_eps^2 (1 - e^{-lambda t})^2 / lambda ] d lambda
+             + (1 - alpha)_+ (sigma_w^2 + sigma_0^2) + sigma_eps^2,
+
+with rho the Marchenko-Pastur density of X^T X, sqrt((l+ - l)(l - l-)) / (2 pi l) on
+l+- = (1 +- sqrt(alpha))^2 (mass min(1, alpha)); the (1 - alpha)_+ term is the frozen
+subspace that no sample ever reaches, and the last term the noise of the test targets.
+The training error is
+
+    E_t(t) = (1/alpha) int rho(lambda) e^{-2 lambda t} [lambda (sigma_w^2 + sigma_0^2)
+             + sigma_eps^2] d lambda + (1 - 1/alpha)_+ sigma_eps^2.
+
+At t -> infinity E_g tends to sigma_eps^2 alpha / (alpha - 1) for alpha > 1 and
+diverges at alpha = 1 when there is noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Quadrature nodes over the Marchenko-Pastur bulk (see _bulk).
+NODES = 4000
+
+
+def variances(snr: float) -> tuple[float, float]:
+    """(sigma_w^2, sigma_eps^2) with sigma_w^2 + sigma_eps^2 = 1 and their ratio = snr."""
+    if math.isinf(snr):
+        return 1.0, 0.0
+    return snr / (1.0 + snr), 1.0 / (1.0 + snr)
+
+
+def _bulk(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues and weights of the continuous part of rho, by the substitution
+    lambda = l- + (l+ - l-)(1 - cos theta)/2, under which rho(lambda) d lambda becomes
+    (l+ - l-)^2 sin^2(theta) / (8 pi lambda) d theta: smooth at both edges (also at
+    alpha = 1, where l- = 0), so the midpoint rule converges fast."""
+    lo, hi = (1 - math.sqrt(alpha)) ** 2, (1 + math.sqrt(alpha)) ** 2
+    theta = (np.arange(NODES) + 0.5) * math.pi / NODES
+    lam = lo + (hi - lo) * (1 - np.cos(theta)) / 2
+    weight = (hi - lo) ** 2 * np.sin(theta) ** 2 / (8 * math.pi * lam) * (math.pi / NODES)
+    return lam, weight
+
+
+def _check(alpha: float, snr: float, init_var: float) -> None:
+    if not alpha > 0 or not snr > 0 or init_var < 0:
+        raise ValueError(f"need alpha > 0, snr > 0, init_var >= 0; got {alpha}, {snr}, {init_var}")
+
+
+def linear_theory_test_error(alpha: float, snr: float, t, init_var: float = 0.0):
+    """E_g(t) of the module docstring (test targets noisy); ``t`` a number or an array."""
+    _check(alpha, snr, init_var)
+    var_w, var_eps = variances(snr)
+    lam, weight = _bulk(alpha)
+    times = np.asarray(t, dtype=float)[..., None]
+    decay = np.exp(-lam * times)
+    learned = (var_w + init_var) * decay**2 + var_eps * (1 - decay) ** 2 / lam
+    out = (learned * weight).sum(-1) + max(0.0, 1 - alpha) * (var_w + init_var) + var_eps
+    return float(out) if np.ndim(t) == 0 else out
+
+
+def linear_theory_train_error(alpha: float, snr: float, t, init_var: float = 0.0):
+    """E_t(t) of the module docstring: mean squared training residual."""
+    _check(alpha, snr, init_var)
+    var_w, var_eps = variances(snr)
+    lam, weight = _bulk(alpha)
+    times = np.asarray(t, dtype=float)[..., None]
+    fitted = np.exp(-2 * lam * times) * (lam * (var_w + init_var) + var_eps)
+    out = (fitted * weight).sum(-1) / alpha + max(0.0, 1 - 1 / alpha) * var_eps
+    return float(out) if np.ndim(t) == 0 else out
+
+
+def linear_theory_asymptote(alpha: float, snr: float, init_var: float = 0.0) -> float:
+    """lim_{t -> inf} E_g: sigma_eps^2 alpha/(alpha-1) for alpha > 1, infinite at alpha = 1
+    with noise, and sigma_eps^2 alpha/(1-alpha) + (1-alpha)(sigma_w^2 + sigma_0^2) +
+    sigma_eps^2 for alpha < 1 (E[1/lambda] over the bulk is 1/|alpha - 1|)."""
+    _check(alpha, snr, init_var)
+    var_w, var_eps = variances(snr)
+    if alpha > 1:
+        return var_eps * alpha / (alpha - 1)
+    if alpha == 1:
+        return math.inf if var_eps > 0 else 0.0
+    return var_eps * alpha / (1 - alpha) + (1 - alpha) * (var_w + init_var) + var_eps
+
+
+def summarize(steps, test_loss) -> dict:
+    """Where a test-loss curve is best and what training on cost: best_step (the earliest
+    step with the lowest loss), best_test_loss, final_test_loss (at the last step; NaN if
+    that point is missing, e.g. after divergence), overtraining_gap (final - best) and
+    early_stopping_helps (the gap is positive). Missing points are skipped for the best."""
+    steps = np.asarray(steps)
+    loss = np.asarray(test_loss, dtype=float)
+    final = float(loss[np.argmax(steps)])
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return {"best_step": None, "best_test_loss": math.nan, "final_test_loss": final,
+                "overtraining_gap": math.nan, "early_stopping_helps": False}
+    best_loss = float(loss[ok].min())
+    best_step = int(steps[ok][loss[ok] == best_loss].min())
+    gap = final - best_loss
+    return {"best_step": best_step, "best_test_loss": best_loss, "final_test_loss": final,
+            "overtraining_gap": gap, "early_stopping_helps": bool(gap > 0)}
