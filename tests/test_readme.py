@@ -59,7 +59,7 @@ def test_examples_plan(path):
 @pytest.fixture(scope="module")
 def example_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("examples") / "results"
-    for name in ("quickstart", "label-noise-classification", "cushions"):
+    for name in ("quickstart", "label-noise-classification", "cushions", "linear-teacher", "digits-label-noise"):
         spec = load_spec(REPO / "examples" / f"{name}.toml")
         summary = launch(prepare(spec, results), results, LocalBackend())
         assert summary.total("n_ok") == summary.planned
