@@ -18,7 +18,8 @@ from rich.text import Text
 
 from core.errors import TheoryscopeError
 from storage.export import to_csv, to_json, write_text_atomic
-from storage.query import debris, describe_views, run_query
+from storage.parquet import write_atomic
+from storage.query import DEFAULT_TIMEOUT, debris, describe_views, run_query
 from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
 from sweeps.dispatch import BackendName, make_backend
 from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
@@ -42,6 +43,7 @@ class Format(Choice):
     TABLE = "table"
     CSV = "csv"
     JSON = "json"
+    PARQUET = "parquet"
 
 
 Results = Annotated[Path, typer.Option(
@@ -228,13 +230,23 @@ def status(
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views runs, curves, sweeps.", show_default=False)],
     results: Results = Path("results"),
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format (parquet needs --out).")] = Format.TABLE,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Stop the query after this many seconds.")]
+    = DEFAULT_TIMEOUT,
 ) -> None:
-    """Run SQL (DuckDB) over the results."""
+    """Run one read-only SQL statement (DuckDB) over the results. Files outside the
+    results directory, extensions and settings are out of its reach."""
     with user_errors():
-        table = run_query(results, sql)
+        if fmt is Format.PARQUET and out_file is None:
+            raise TheoryscopeError("--format parquet needs --out FILE")
+        if out_file is not None and not out_file.parent.is_dir():
+            raise TheoryscopeError(f"cannot write {out_file}: the directory {out_file.parent} does not exist")
+        table = run_query(results, sql, timeout)
         report_debris(results)
+        if fmt is Format.PARQUET:
+            write_atomic(table, out_file)
+            return
         if fmt is Format.TABLE:
             if out_file is not None:
                 write_text_atomic(as_text(arrow_view(table)), out_file)

@@ -9,6 +9,7 @@ table with no files yet is an empty view with the table's columns.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -95,22 +96,66 @@ def connect(results: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_query(results: Path, sql: str) -> pa.Table:
-    """Run ``sql`` against the views; a rejected query raises ``QueryError``."""
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+DEFAULT_TIMEOUT = 300.0
+MEMORY_LIMIT = "4GB"
+THREADS = 2
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_read_only(sql: str) -> None:
+    """Accept one read statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, FROM);
+    refuse everything else (COPY, ATTACH, INSTALL/LOAD, SET/RESET, PRAGMA, CALL, CREATE,
+    INSERT, DROP, EXPORT, ...) with one line."""
     if not sql.strip():
         raise QueryError("query failed: the SQL is empty")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"query failed: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise QueryError(f"query refused: one statement at a time, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY:
+        raise QueryError(
+            f"query refused: {kind.name} statements are not allowed; queries are read-only "
+            f"(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); write results with --format csv|json|parquet --out FILE")
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, results: Path, memory_limit: str = MEMORY_LIMIT,
+              threads: int = THREADS) -> None:
+    """After the views exist: files only under ``results``, no extensions fetched or
+    loaded, bounded memory and threads, and settings locked so SQL cannot undo any of it."""
+    root = str(Path(results).resolve()) + "/"
+    for setting in (f"allowed_directories = [{_quote(root)}]", "enable_external_access = false",
+                    "autoinstall_known_extensions = false", "autoload_known_extensions = false",
+                    f"memory_limit = {_quote(memory_limit)}", f"threads = {threads}", "lock_configuration = true"):
+        con.execute(f"SET {setting}")
+
+
+def run_query(results: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
+    """Run one read-only statement against the views of a locked-down DuckDB; anything
+    refused, failing or running past ``timeout`` seconds raises ``QueryError``."""
+    check_read_only(sql)
     con = connect(results)
+    lock_down(con, results)
+    timer = threading.Timer(timeout, con.interrupt)
+    timer.start()
     try:
         relation = con.sql(sql)
-        if relation is None:  # a statement without a result
-            return pa.table({})
         # DuckDB 2 names it to_arrow_table; 1.x returns a Table from arrow().
         to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow
         return to_arrow()
+    except duckdb.InterruptException:
+        raise QueryError(f"query stopped after {timeout:g} s (--timeout)") from None
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueryError(f"query failed: {first}") from None
+        raise QueryError(f"query failed: {_first_line(exc)}") from None
     finally:
+        timer.cancel()
         con.close()
 
 

@@ -1,0 +1,98 @@
+"""`query` is read-only and confined: hostile statements are refused, nothing is written,
+the data stay intact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from core.errors import QueryError
+from storage.query import run_query
+from sweeps.dispatch import LocalBackend
+from sweeps.launch import launch, prepare
+from sweeps.load import parse_spec
+from tests.conftest import SMALL_SPEC
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sandbox")
+    results = root / "results"
+    launch(prepare(parse_spec(SMALL_SPEC), results), results, LocalBackend())
+    return results
+
+
+def fingerprint(directory) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+HOSTILE = [
+    ("SELECT * FROM read_csv('/etc/passwd')", "passwd"),
+    ("SELECT * FROM read_text('/etc/hostname')", "hostname"),
+    ("SELECT * FROM glob('/etc/*')", "/etc"),
+    ("SELECT * FROM read_parquet('{outside}/*.parquet')", "outside"),
+    ("COPY (SELECT * FROM runs) TO '{results}/stolen.csv'", "COPY"),
+    ("COPY runs TO '{outside}/stolen.parquet' (FORMAT parquet)", "COPY"),
+    ("EXPORT DATABASE '{outside}/dump'", "EXPORT"),
+    ("ATTACH '{outside}/evil.db' AS evil", "ATTACH"),
+    ("INSTALL httpfs", "LOAD"),
+    ("LOAD httpfs", "LOAD"),
+    ("SET enable_external_access = true", "SET"),
+    ("RESET lock_configuration", "SET"),
+    ("PRAGMA enable_profiling", "PRAGMA"),
+    ("CALL pragma_version()", "CALL"),
+    ("CREATE TABLE t AS SELECT 1", "CREATE"),
+    ("DROP VIEW runs", "DROP"),
+    ("INSERT INTO runs SELECT * FROM runs", "INSERT"),
+    ("SELECT 1; DROP VIEW runs", "one statement"),
+    ("SELECT * FROM read_csv('https://example.com/x.csv')", "example.com"),
+]
+
+
+@pytest.mark.parametrize("sql,fragment", HOSTILE, ids=[h[0][:40] for h in HOSTILE])
+def test_hostile_statements_are_refused_and_write_nothing(results, tmp_path, sql, fragment):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pq.write_table(pq.read_table(next((results / "runs").rglob("*.parquet"))), outside / "copy.parquet")
+    before, before_outside = fingerprint(results.parent), fingerprint(outside)
+    with pytest.raises(QueryError) as info:
+        run_query(results, sql.format(results=results, outside=outside))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(("query refused", "query failed"))
+    assert fingerprint(results.parent) == before and fingerprint(outside) == before_outside
+    assert run_query(results, "SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 8}]
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) FROM runs", "WITH x AS (SELECT 1 AS a) SELECT * FROM x",
+                                 "DESCRIBE runs", "SHOW TABLES", "SUMMARIZE runs", "EXPLAIN SELECT * FROM curves",
+                                 "FROM overtraining LIMIT 1", "SELECT current_setting('threads') AS t"])
+def test_read_statements_are_allowed(results, sql):
+    assert run_query(results, sql).num_rows >= 1
+
+
+def test_a_long_query_is_stopped(results):
+    with pytest.raises(QueryError, match="stopped after 0.5 s"):
+        run_query(results, "SELECT count(*) FROM range(1000000) a, range(1000000) b", timeout=0.5)
+
+
+def test_exports_are_written_by_theoryscope(results, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "answer.parquet"
+    done = runner.invoke(app, ["query", "SELECT depth, count(*) AS n FROM runs GROUP BY depth ORDER BY depth",
+                               "--results", str(results), "--format", "parquet", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert pq.read_table(out).to_pylist() == [{"depth": 1, "n": 4}, {"depth": 2, "n": 4}]
+    refused = runner.invoke(app, ["query", "SELECT 1", "--results", str(results), "--format", "parquet"])
+    assert refused.exit_code == 1 and "--format parquet needs --out" in refused.stderr
+    hostile = runner.invoke(app, ["query", f"COPY runs TO '{tmp_path}/x.csv'", "--results", str(results),
+                                  "--format", "json", "--out", str(tmp_path / "y.json")])
+    assert hostile.exit_code == 1 and "query refused: COPY" in hostile.stderr
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.json").exists()
+    assert json.loads(runner.invoke(app, ["query", "SELECT 1 AS one", "--results", str(results),
+                                          "--format", "json"]).stdout) == [{"one": 1}]
