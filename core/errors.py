@@ -24,7 +24,3 @@ class QueryError(TheoryscopeError):
 
 class SweepNotFound(TheoryscopeError):
     """A sweep name with no record in the results directory."""
-
-
-class RunFailed(TheoryscopeError):
-    """Training a family raised; carries the family id and the cause."""

@@ -37,9 +37,12 @@ class StackedOptimizer:
 
     def __init__(self, kind: Optimizer, hyper: Hyper, params: list[torch.Tensor]):
         self.kind = kind
-        self.hyper = hyper
         self.t = 0
         self.state = [[torch.zeros_like(p) for _ in range(self._n_states())] for p in params]
+        # Per-member hyperparameters broadcast against each parameter, built once.
+        names = ("lr", "momentum", "weight_decay", "beta1", "beta2", "eps")
+        self.hyper = [{n: _per_member(getattr(hyper, n), p) for n in names} for p in params]
+        self.decay = bool((hyper.weight_decay != 0).any())  # one host read, at construction
 
     def _n_states(self) -> int:
         return {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[self.kind]
@@ -47,10 +50,9 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], active: torch.Tensor) -> None:
         self.t += 1
-        for p, g, state in zip(params, grads, self.state):
-            h = {name: _per_member(getattr(self.hyper, name), p)
-                 for name in ("lr", "momentum", "weight_decay", "beta1", "beta2", "eps")}
-            g = g + h["weight_decay"] * p
+        for p, g, state, h in zip(params, grads, self.state, self.hyper):
+            if self.decay:
+                g = g + h["weight_decay"] * p
             if self.kind is Optimizer.GD:
                 update = h["lr"] * g
             elif self.kind is Optimizer.SGD:

@@ -192,19 +192,21 @@ class FamilyTraining:
         training = step < self.spec_train.steps
         if step in self.snapshot_steps:
             self.snapshots[step] = [p.detach().clone() for p in self.tensors]
-        if self.full_batch:
-            xb, yb = data.x_train, data.y_train
-        else:
-            idx = self.batches.next()
-            xb, yb = _gather(data.x_train, idx), _gather(data.y_train, idx)
-        for p in self.tensors:
-            p.requires_grad_(training)
-        with torch.set_grad_enabled(training):
-            loss, error = member_losses(models.forward(self.params, xb, self.nonlinear), yb, data.classification)
+        row = self.log_row.get(step)
         # A member is frozen once its loss on this step's batch, or its full training
         # loss at a logged step, is no longer finite.
-        bad = ~torch.isfinite(loss.detach())
-        row = self.log_row.get(step)
+        bad = torch.zeros_like(self.active)
+        if training or self.full_batch:  # after the last update a minibatch would go unused
+            if self.full_batch:
+                xb, yb = data.x_train, data.y_train
+            else:
+                idx = self.batches.next()
+                xb, yb = _gather(data.x_train, idx), _gather(data.y_train, idx)
+            for p in self.tensors:
+                p.requires_grad_(training)
+            with torch.set_grad_enabled(training):
+                loss, error = member_losses(models.forward(self.params, xb, self.nonlinear), yb, data.classification)
+            bad |= ~torch.isfinite(loss.detach())
         if row is not None:
             train_loss, train_error = (loss, error) if self.full_batch else self._evaluate(data.x_train, data.y_train)
             self._record(row, 0, train_loss, train_error)
