@@ -94,7 +94,7 @@ def member_losses(out: torch.Tensor, y: torch.Tensor, classification: bool) -> t
     return ((out - y) ** 2).mean(dim=(1, 2)), None
 
 
-def _hyper(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> Hyper:
+def member_hyper(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> Hyper:
     def column(name: str) -> torch.Tensor:
         return torch.tensor([getattr(r.train, name) for r in runs], dtype=dtype, device=device)
 
@@ -159,7 +159,7 @@ class FamilyTraining:
         dims = spec_model.layer_dims(spec_data.n_inputs, spec_data.n_outputs)
         self.params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, self.dtype, device)
         self.tensors = self.params.tensors()
-        self.optimizer = StackedOptimizer(self.spec_train.optimizer, _hyper(runs, self.dtype, device), self.tensors)
+        self.optimizer = StackedOptimizer(self.spec_train.optimizer, member_hyper(runs, self.dtype, device), self.tensors)
         self.nonlinear = models.is_nonlinear(spec_model.kind)
         batch_size = self.spec_train.batch_size
         self.full_batch = batch_size == 0 or batch_size >= spec_data.n_train

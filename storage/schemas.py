@@ -145,5 +145,38 @@ BOUNDS = pa.schema([
     ("compressed_margin_loss", pa.float64()),
 ])
 
+# One row per pair of runs that differ only in the paired field (Freeman & Bruna 2017):
+# the loss along a path from run_a's weights to run_b's, both on run_a's training data.
+VALLEYS = pa.schema([
+    ("sweep", pa.string()),
+    ("run_a", pa.string()),
+    ("run_b", pa.string()),
+    ("method", pa.string()),                  # string | bezier | linear
+    ("barrier", pa.float64()),                # max training loss on the path - max(loss_a, loss_b)
+    ("normalized_length", pa.float64()),      # path length / ||theta_b - theta_a||; 1 = straight
+    ("beads", pa.int64()),                    # trained points: string beads, 1 (Bezier), 0 (linear)
+    ("connected", pa.bool_()),                # barrier_relative <= tolerance
+    ("status", pa.string()),                  # ok | relaxation-stopped | end-diverged
+    ("pairs", pa.string()),                   # the field the two runs differ in
+    ("value_a", pa.string()),                 # its values (JSON)
+    ("value_b", pa.string()),
+    ("loss_a", pa.float64()),                 # training loss at the ends
+    ("loss_b", pa.float64()),
+    ("max_loss", pa.float64()),               # highest training loss on the path
+    ("linear_barrier", pa.float64()),         # the straight segment's barrier, for comparison
+    ("loss_scale", pa.float64()),             # training loss of the zero predictor
+    ("barrier_relative", pa.float64()),       # barrier / loss_scale
+    ("max_test_loss", pa.float64()),          # highest test loss on the path
+    ("max_test_error", pa.float64()),         # highest test 0-1 error on the path (classification)
+    ("steps", pa.int64()),                    # relaxation steps (0 for linear)
+    ("lr", pa.float64()),                     # relaxation step size
+    ("perturbation", pa.float64()),
+    ("restarts", pa.int64()),
+    ("refine", pa.int64()),                   # loss evaluations per segment between beads
+    ("tolerance", pa.float64()),
+    ("stopped_step", pa.int64()),             # relaxation stopped on a non-finite loss; null if not
+    ("wall_seconds", pa.float64()),           # the whole family's valley measurement
+])
+
 TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES, "layers": LAYERS,
-                                "bounds": BOUNDS}
+                                "bounds": BOUNDS, "valleys": VALLEYS}

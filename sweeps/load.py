@@ -28,6 +28,7 @@ from sweeps.spec import (
     ResourceSpec,
     SweepSpec,
     TrainSpec,
+    ValleySpec,
     is_hashed,
 )
 
@@ -91,7 +92,23 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
     sections = {key: _build_section(cls, raw.get(key, {}), key) for key, cls in SECTIONS.items()}
     spec_wo_grid = SweepSpec(**top, **sections, source=text)
     grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
+    _check_pairs(spec_wo_grid.measure.valleys, grid)
     return dataclasses.replace(spec_wo_grid, grid=grid)
+
+
+def _check_pairs(valleys: ValleySpec | None, grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> None:
+    """Valley pairs need the paired field swept over at least two values."""
+    if valleys is None:
+        return
+    swept = dict(grid).get(valleys.pairs, ())
+    if len(swept) < 2:
+        raise SpecError(f"measure.valleys.pairs: {valleys.pairs} must be swept in [grid] over at least two "
+                        f"values to pair runs (e.g. {_grid_name(valleys.pairs)} = [0, 1])")
+
+
+def _grid_name(target: str) -> str:
+    short = {v: k for k, v in SHORTHANDS.items()}.get(target)
+    return short or f'"{target}"'
 
 
 def check_name(name: str, where: str) -> str:

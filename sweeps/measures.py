@@ -24,6 +24,7 @@ from core.seeding import generator
 from core.train import FamilyResult, member_losses
 from storage import schemas
 from sweeps.spec import CushionSpec, MeasureSpec, RunSpec, Samples
+from sweeps.valleys import valley_tables
 
 MeasureFn = Callable[[object, str, Sequence[RunSpec], FamilyResult], dict[str, pa.Table]]
 
@@ -154,4 +155,4 @@ def _bound(opts: CushionSpec, params: models.Params, per_sample: dict[str, torch
     return row
 
 
-MEASURES: dict[str, MeasureFn] = {"cushions": cushion_tables}
+MEASURES: dict[str, MeasureFn] = {"cushions": cushion_tables, "valleys": valley_tables}

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from core import datasets
 from core.errors import SpecError
+from sweeps.pairs import pair_group
 from sweeps.spec import FieldError, Optimizer, RunSpec, SweepSpec
 
 
@@ -99,22 +100,51 @@ def family_key(run: RunSpec) -> tuple:
     )
 
 
-def pack_families(runs: Sequence[RunSpec], max_family_size: int) -> list[Family]:
+def pack_families(runs: Sequence[RunSpec], max_family_size: int,
+                  together: Callable[[RunSpec], str] | None = None) -> list[Family]:
     """Group runs by ``family_key`` and split each group into near-equal families of at
-    most ``max_family_size`` (600 runs at 512 give two of 300, not 512 + 88)."""
+    most ``max_family_size`` (600 runs at 512 give two of 300, not 512 + 88).
+
+    Runs with the same ``together`` key (the runs a measure compares, such as the ends of
+    valley pairs) are never split between families.
+    """
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
         groups.setdefault(family_key(run), []).append(run)
     families = []
     for members in groups.values():
         n_chunks = -(-len(members) // max_family_size)
-        base, extra = divmod(len(members), n_chunks)
-        start = 0
-        for i in range(n_chunks):
-            chunk = tuple(members[start:start + base + (i < extra)])
-            start += len(chunk)
-            families.append(Family(family_id(chunk), chunk))
+        chunks = _even_chunks(members, n_chunks) if together is None else \
+            _chunks_of_units(members, together, max_family_size, -(-len(members) // n_chunks))
+        families.extend(Family(family_id(chunk), chunk) for chunk in chunks)
     return families
+
+
+def _even_chunks(members: list[RunSpec], n_chunks: int) -> list[tuple[RunSpec, ...]]:
+    base, extra = divmod(len(members), n_chunks)
+    chunks, start = [], 0
+    for i in range(n_chunks):
+        chunks.append(tuple(members[start:start + base + (i < extra)]))
+        start += len(chunks[-1])
+    return chunks
+
+
+def _chunks_of_units(members: list[RunSpec], together: Callable[[RunSpec], str], max_size: int,
+                     goal: int) -> list[tuple[RunSpec, ...]]:
+    """Whole units (runs with one ``together`` key, in order of first appearance) filled
+    into chunks of about ``goal`` runs and never more than ``max_size``."""
+    units: dict[str, list[RunSpec]] = {}
+    for run in members:
+        units.setdefault(together(run), []).append(run)
+    chunks: list[list[RunSpec]] = [[]]
+    for unit in units.values():
+        if len(unit) > max_size:
+            raise SpecError(f"resources.max_family_size = {max_size} is smaller than {len(unit)} runs that "
+                            f"must train together (the ends of valley pairs); raise it")
+        if chunks[-1] and (len(chunks[-1]) + len(unit) > goal):
+            chunks.append([])
+        chunks[-1].extend(unit)
+    return [tuple(c) for c in chunks]
 
 
 def family_id(runs: Iterable[RunSpec]) -> str:
@@ -136,7 +166,9 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
     for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
         datasets.check_files(kind, path)  # before anything runs or is written
     families = []
-    for family in pack_families(runs, spec.resources.max_family_size):
+    valleys = spec.measure.valleys
+    together = None if valleys is None else (lambda run: pair_group(run, valleys.pairs))
+    for family in pack_families(runs, spec.resources.max_family_size, together):
         todo = tuple(r for r in family.runs if r.run_id not in exclude)
         if len(todo) == family.size:
             families.append(family)

@@ -335,12 +335,67 @@ class CushionSpec:
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
 
+class PathMethod(Choice):
+    STRING = "string"
+    BEZIER = "bezier"
+    LINEAR = "linear"
+
+
+# Fields two runs of a valley pair may differ in: they change neither the loss (the data)
+# nor the shapes, so both ends are minima of one landscape trained in one family.
+PAIRABLE = ("seed", "model.init_scale", "model.init", "train.lr", "train.momentum", "train.weight_decay",
+            "train.beta1", "train.beta2", "train.eps")
+
+
+@dataclass(frozen=True)
+class ValleySpec:
+    """Connectivity of solutions (Freeman & Bruna 2017; Garipov et al. 2018)."""
+
+    # Runs that differ only in this swept field are paired: "seed", "init_scale", "model.init"
+    # or an optimizer setting ("train.lr", "train.momentum", ...).
+    pairs: str = "seed"
+    # The path: "string" (beads relaxed toward the minimum-energy path), "bezier" (a
+    # trained quadratic Bezier curve) or "linear" (the straight segment only).
+    method: PathMethod = PathMethod.STRING
+    # Interior beads of the string (string), or t samples per step (bezier).
+    beads: int = 8
+    # Relaxation steps of the string or training steps of the Bezier control point.
+    steps: int = 500
+    # Step size of the relaxation; 0 = each pair's own train.lr (with its optimizer).
+    lr: float = 0.0
+    # Initial bend, perpendicular to the segment, relative to the distance of the ends.
+    perturbation: float = 0.05
+    # Independently bent strings (or curves) per pair; the lowest barrier is kept.
+    restarts: int = 1
+    # Loss evaluations per segment between beads (the Bezier curve gets the same total).
+    refine: int = 8
+    # A pair is connected when barrier <= tolerance x the loss of the zero predictor.
+    tolerance: float = 0.05
+    # Seed of the bends and of the Bezier t samples.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        target = {"init_scale": "model.init_scale"}.get(self.pairs, self.pairs)
+        _require(target in PAIRABLE, "pairs", " | ".join(f'"{p}"' for p in ("seed", "init_scale", *PAIRABLE[2:])),
+                 self.pairs)
+        object.__setattr__(self, "pairs", target)
+        for name in ("beads", "steps", "restarts", "refine"):
+            _require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
+        _require(_finite(self.lr) and self.lr >= 0, "lr", "a number >= 0 (0 = the runs' own lr)", self.lr)
+        _require(_finite(self.perturbation) and self.perturbation >= 0, "perturbation", "a number >= 0",
+                 self.perturbation)
+        _require(_finite(self.tolerance) and self.tolerance >= 0, "tolerance", "a number >= 0", self.tolerance)
+        _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
     """Measurements of trained nets; each is off unless named here."""
 
     # Cushions, noise stability and the compression bound: true, or a table of options.
     cushions: CushionSpec | None = None
+    # Barriers between solutions that differ in one swept field: true, or a table of options.
+    valleys: ValleySpec | None = None
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ def test_examples_plan(path):
 @pytest.fixture(scope="module")
 def example_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("examples") / "results"
-    for name in ("quickstart", "label-noise-classification", "cushions", "linear-teacher", "digits-label-noise"):
+    for name in ("quickstart", "label-noise-classification", "cushions", "linear-teacher", "digits-label-noise",
+                 "valleys-vs-width"):
         spec = load_spec(REPO / "examples" / f"{name}.toml")
         summary = launch(prepare(spec, results), results, LocalBackend())
         assert summary.total("n_ok") == summary.planned
@@ -82,3 +83,15 @@ def test_the_quickstart_answers_its_question(example_results):
     assert set(by_depth) == {1, 2, 3}
     for losses in by_depth.values():
         assert losses == sorted(losses)
+
+
+def test_the_valleys_example_shows_barriers_shrinking_with_width(example_results):
+    """Freeman & Bruna: narrow students have barriers between seeds, wide ones are connected."""
+    recipe = next(sql for sql in sql_blocks() if "valleys-vs-width" in sql)
+    rows = run_query(example_results, recipe).to_pylist()
+    barrier = {(r["depth"], r["width"]): r["barrier"] for r in rows}
+    assert all(r["pairs"] == 3 for r in rows)
+    narrow = sum(barrier[d, 4] for d in (2, 3)) / 2
+    wide = sum(barrier[d, 64] for d in (2, 3)) / 2
+    assert narrow > 3 * wide
+    assert all(r["straight_line"] > 20 * r["barrier"] for r in rows if r["width"] == 64)

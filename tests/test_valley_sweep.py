@@ -1,0 +1,196 @@
+"""Valleys inside sweeps: one row per pair, pairs kept in one family, the stacked
+relaxation equal to a hand-written loss relaxed one pair at a time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.data import make_dataset
+from core.errors import SpecError
+from core.measures.valley import string_barrier
+from core.seeding import derive_seed
+from core.train import train_family
+from storage.query import run_query
+from sweeps.dispatch import LocalBackend
+from sweeps.launch import launch, prepare
+from sweeps.load import parse_spec
+from sweeps.plan import plan_sweep
+
+VALLEY_SPEC = """
+name = "{name}"
+[data]
+kind = "{kind}"
+n_train = 48
+n_test = 40
+input_dim = 5
+[model]
+width = 6
+bias = true
+[train]
+lr = 0.2
+steps = 80
+log_every = 40
+dtype = "float64"
+[measure]
+valleys = {{ {options} }}
+[grid]
+depth = [2, 3]
+seed = [0, 1, 2]
+{extra}
+[resources]
+max_family_size = {size}
+"""
+
+
+def spec(name="v", kind="teacher-student", options='pairs = "seed", beads = 4, steps = 40', extra="", size=512):
+    return parse_spec(VALLEY_SPEC.format(name=name, kind=kind, options=options, extra=extra, size=size))
+
+
+def run(results, sweep):
+    summary = launch(prepare(sweep, results), results, LocalBackend())
+    assert summary.total("n_failed") == 0
+    return summary
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    results = tmp_path_factory.mktemp("valleys") / "results"
+    run(results, spec("stacked"))
+    run(results, spec("alone", size=3))  # pairs need their group: 3 seeds per family
+    return results
+
+
+def rows(results, sweep):
+    return run_query(results, f"SELECT * FROM valleys WHERE sweep = '{sweep}' ORDER BY run_a, run_b").to_pylist()
+
+
+def test_one_row_per_pair_of_seeds(measured):
+    got = rows(measured, "stacked")
+    assert len(got) == 2 * 3  # two depths, three pairs of three seeds each
+    assert {(r["value_a"], r["value_b"]) for r in got} == {("0", "1"), ("0", "2"), ("1", "2")}
+    same = run_query(measured, "SELECT count(*) AS n FROM valleys v JOIN runs a ON a.sweep = v.sweep AND "
+                               "a.run_id = v.run_a JOIN runs b ON b.sweep = v.sweep AND b.run_id = v.run_b "
+                               "WHERE v.sweep = 'stacked' AND a.depth = b.depth AND a.seed < b.seed").to_pylist()
+    assert same[0]["n"] == 6
+    for r in got:
+        assert r["status"] == "ok" and r["method"] == "string" and r["beads"] == 4
+        assert r["barrier"] == pytest.approx(r["max_loss"] - max(r["loss_a"], r["loss_b"]))
+        assert r["normalized_length"] >= 1.0
+        assert r["connected"] == (r["barrier"] / r["loss_scale"] <= r["tolerance"])
+        assert r["max_test_loss"] is not None and r["max_test_error"] is None  # regression
+
+
+def test_stacked_pairs_equal_pairs_measured_in_smaller_families(measured):
+    stacked = {(r["run_a"], r["run_b"]): r for r in rows(measured, "stacked")}
+    alone = {(r["run_a"], r["run_b"]): r for r in rows(measured, "alone")}
+    assert stacked.keys() == alone.keys()
+    for key, row in stacked.items():
+        for column in ("barrier", "normalized_length", "linear_barrier", "max_test_loss"):
+            assert row[column] == pytest.approx(alone[key][column], rel=1e-9, abs=1e-12)
+
+
+def test_the_sweep_relaxes_the_loss_its_nets_were_trained_on(tmp_path):
+    """Oracle: a hand-written MLP loss on the run's own data, relaxed pair by pair."""
+    results = tmp_path / "results"
+    sweep = spec("oracle", extra="", options='pairs = "seed", beads = 3, steps = 25')
+    run(results, sweep)
+    plan = plan_sweep(sweep)
+    runs = {r.run_id: r for r in plan.runs}
+    row = rows(results, "oracle")[0]
+    a_run, b_run = runs[row["run_a"]], runs[row["run_b"]]
+    data = make_dataset(a_run.data)
+
+    def weights_of(run):  # train the one net again, alone, with the same trainer
+        params = train_family([run], torch.device("cpu")).params
+        return torch.cat([t[0].flatten() for t in params.weights + params.biases])
+
+    dims = a_run.model.layer_dims(a_run.data.n_inputs, a_run.data.n_outputs)
+
+    def mlp_loss(theta):
+        h, at = data.x_train, 0
+        layers = list(zip(dims[:-1], dims[1:]))
+        shapes = [(o, i) for i, o in layers]
+        mats = []
+        for o, i in shapes:
+            mats.append(theta[at:at + o * i].view(o, i))
+            at += o * i
+        for k, (o, _) in enumerate(shapes):
+            h = h @ mats[k].T + theta[at:at + o]
+            at += o
+            if k < len(shapes) - 1:
+                h = torch.relu(h)
+        return ((h - data.y_train) ** 2).mean()
+
+    found = string_barrier(mlp_loss, weights_of(a_run), weights_of(b_run), beads=3, steps=25, lr=a_run.train.lr,
+                           seed=derive_seed(0, a_run.run_id, b_run.run_id), refine=8)
+    assert row["barrier"] == pytest.approx(found["barrier"], rel=1e-7, abs=1e-12)
+    assert row["normalized_length"] == pytest.approx(found["normalized_length"], rel=1e-7)
+    assert row["loss_a"] == pytest.approx(float(mlp_loss(weights_of(a_run))), rel=1e-9)
+
+
+def test_classification_pairs_report_test_error_and_ln_c_scale(tmp_path):
+    results = tmp_path / "results"
+    run(results, spec("cls", kind="gaussian-mixture", options='pairs = "seed", method = "bezier", beads = 4, '
+                                                             'steps = 20, restarts = 2'))
+    got = rows(results, "cls")
+    assert len(got) == 6
+    for r in got:
+        assert r["method"] == "bezier" and r["beads"] == 1 and r["restarts"] == 2
+        assert 0 <= r["max_test_error"] <= 1
+        assert r["loss_scale"] == pytest.approx(math.log(2))
+
+
+def test_linear_method_is_the_straight_line(tmp_path):
+    results = tmp_path / "results"
+    run(results, spec("lin", options='pairs = "seed", method = "linear"'))
+    for r in rows(results, "lin"):
+        assert r["barrier"] == pytest.approx(r["linear_barrier"], rel=1e-12, abs=1e-15)
+        assert r["normalized_length"] == pytest.approx(1.0)
+        assert r["steps"] == 0 and r["lr"] is None
+
+
+def test_pairs_over_init_scale_stay_in_one_family_when_families_are_small():
+    sweep = spec(options='pairs = "init_scale"', extra="init_scale = [0.5, 1.0]", size=2)
+    plan = plan_sweep(sweep)
+    family_of = {r.run_id: f.family_id for f in plan.families for r in f.runs}
+    assert all(f.size <= 2 for f in plan.families)
+    for run in plan.runs:
+        partner = next(r for r in plan.runs if r.seed == run.seed and r.model.depth == run.model.depth
+                       and r.model.init_scale != run.model.init_scale)
+        assert family_of[run.run_id] == family_of[partner.run_id]
+
+
+def test_a_pair_with_a_diverged_end_gets_a_row_without_numbers(tmp_path):
+    results = tmp_path / "results"
+    run(results, spec("div", options='pairs = "seed", beads = 2, steps = 5', extra='"train.lr" = [0.2, 1e12]'))
+    got = run_query(results, "SELECT v.*, r.lr AS run_lr FROM valleys v JOIN runs r ON r.sweep = v.sweep AND "
+                              "r.run_id = v.run_a WHERE v.sweep = 'div'").to_pylist()
+    assert len(got) == 12
+    for r in got:
+        if r["run_lr"] > 1:
+            assert r["status"] == "end-diverged" and r["barrier"] is None and r["connected"] is None
+        else:
+            assert r["status"] == "ok" and r["barrier"] is not None
+
+
+@pytest.mark.parametrize("options, extra, message", [
+    ('pairs = "seed"', "", None),
+    ('pairs = "depth"', "", 'measure.valleys.pairs: expected "seed" | "init_scale"'),
+    ('pairs = "init_scale"', "", "measure.valleys.pairs: model.init_scale must be swept in [grid] over at least two"),
+    ('method = "neb"', "", 'measure.valleys.method: expected one of "string" | "bezier" | "linear"'),
+    ("beads = 0", "", "measure.valleys.beads: expected an integer >= 1"),
+])
+def test_bad_valley_options_are_one_line_errors(options, extra, message):
+    if message is None:
+        assert spec(options=options).measure.valleys.pairs == "seed"
+        return
+    with pytest.raises(SpecError, match=message.replace("|", r"\|").replace("[", r"\[").replace("]", r"\]")):
+        spec(options=options, extra=extra)
+
+
+def test_a_pair_group_larger_than_a_family_is_refused():
+    with pytest.raises(SpecError, match="max_family_size = 2 is smaller than 3 runs"):
+        plan_sweep(spec(size=2))
