@@ -17,6 +17,10 @@ data set is the same on any machine, device or dtype; the trainer casts it after
   *different* class (Nakkiran et al. 2019); the test set stays clean.
 * ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``: seeded subsamples of real data
   (``core.datasets``), with the same label corruption.
+* ``lp-regression`` (Arora, Cohen & Hazan 2018): x = D z with z ~ N(0, I_d) and feature
+  scales D_jj = condition^{-j/(d-1)} (largest / smallest = condition); y = w*·x + noise,
+  w* ~ N(0, I_d), noise Gaussian of std ``label_noise`` x the clean targets' std (exact:
+  ||D w*||); the test targets are clean.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def make_dataset(spec: DataSpec) -> Dataset:
         DataKind.TEACHER_STUDENT: _teacher_student,
         DataKind.LINEAR_TEACHER: _linear_teacher,
         DataKind.GAUSSIAN_MIXTURE: _gaussian_mixture,
+        DataKind.LP_REGRESSION: _lp_regression,
     }
     return builders.get(spec.kind, _real)(spec)
 
@@ -106,6 +111,20 @@ def _linear_teacher(s: DataSpec) -> Dataset:
     x_train, y_train = sample(s.n_train, "train")
     x_test, y_test = sample(s.n_test, "test")
     return Dataset(x_train, y_train, x_test, y_test, False, 1)
+
+
+def _lp_regression(s: DataSpec) -> Dataset:
+    d = s.input_dim
+    scales = s.condition ** -(torch.arange(d, dtype=F64) / max(d - 1, 1))
+    w_star = _randn(d, 1, stream=generator(s.seed, "lp-regression", "teacher"))
+    noise_std = s.label_noise * float((scales.unsqueeze(1) * w_star).norm())
+
+    def inputs(count: int, split: str) -> torch.Tensor:
+        return _randn(count, d, stream=generator(s.seed, "lp-regression", split, "inputs")) * scales
+
+    x_train, x_test = inputs(s.n_train, "train"), inputs(s.n_test, "test")
+    noise = _randn(s.n_train, 1, stream=generator(s.seed, "lp-regression", "train", "noise"))
+    return Dataset(x_train, x_train @ w_star + noise_std * noise, x_test, x_test @ w_star, False, 1)
 
 
 def _gaussian_mixture(s: DataSpec) -> Dataset:

@@ -86,11 +86,30 @@ DERIVED = {
 }
 
 
+# Tables whose view adds columns computed across families: the SQL wraps the files' rows
+# (``stored``). acceleration: each run's speed-up over the depth-1 run with the same data,
+# seed, init scale and training settings (Arora, Cohen & Hazan 2018's ratio); where the
+# depth-1 run never reached the target, ratio_at_least = train_steps / steps_to_target.
+ENRICHED = {
+    "acceleration": """
+        WITH stored AS ({stored}),
+        baseline AS (SELECT sweep, baseline_key, any_value(steps_to_target) AS depth1_steps
+                     FROM stored WHERE depth = 1 GROUP BY sweep, baseline_key)
+        SELECT stored.*, CAST(baseline.depth1_steps AS DOUBLE) / stored.steps_to_target AS ratio_vs_depth1,
+               baseline.depth1_steps,
+               CASE WHEN baseline.baseline_key IS NOT NULL AND baseline.depth1_steps IS NULL AND stored.reached
+                    THEN CAST(stored.train_steps AS DOUBLE) / stored.steps_to_target END AS ratio_at_least
+        FROM stored LEFT JOIN baseline USING (sweep, baseline_key)""",
+}
+
+
 def connect(results: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per table, and the derived views."""
     con = duckdb.connect(":memory:")
     for table in TABLES:
-        con.execute(f"CREATE VIEW {table} AS {view_sql(results, table)}")
+        stored = view_sql(results, table)
+        sql = ENRICHED[table].format(stored=stored) if table in ENRICHED else stored
+        con.execute(f"CREATE VIEW {table} AS {sql}")
     for view, sql in DERIVED.items():
         con.execute(f"CREATE VIEW {view} AS {sql}")
     return con

@@ -70,6 +70,12 @@ RUNS = pa.schema([
     ("log_every", pa.int64()),
     ("dtype", pa.string()),
     ("objective", pa.string()),       # train.objective (regression)
+    ("p", pa.int64()),                # data.p (lp-regression)
+    ("condition", pa.float64()),      # data.condition (lp-regression)
+    ("overparam", pa.string()),       # model.overparam (acceleration)
+    ("lr_grid", pa.string()),         # train.lr_grid as JSON (acceleration)
+    ("lr_range", pa.string()),        # train.lr_range as JSON
+    ("target", pa.float64()),         # train.target (acceleration)
     ("code_version", pa.string()),
 ])
 
@@ -178,5 +184,33 @@ VALLEYS = pa.schema([
     ("wall_seconds", pa.float64()),           # the whole family's valley measurement
 ])
 
+# One row per run of experiment "acceleration" (Arora, Cohen & Hazan 2018). The view of
+# the same name adds ratio_vs_depth1 (storage.query).
+ACCELERATION = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("p", pa.int64()),
+    ("depth", pa.int64()),
+    ("lr", pa.float64()),                     # the fastest stable rate of the grid; null if none
+    ("steps_to_target", pa.int64()),          # first step with L - L* <= target (L_0 - L*); null if never
+    ("reached", pa.bool_()),
+    ("target_loss", pa.float64()),            # L* + target (L_0 - L*)
+    ("overparam", pa.string()),               # full | scalar (null at depth 1)
+    ("hidden_width", pa.int64()),
+    ("init", pa.string()),                    # balanced | identity (null at depth 1)
+    ("optimizer", pa.string()),
+    ("condition", pa.float64()),
+    ("seed", pa.int64()),
+    ("target", pa.float64()),
+    ("train_steps", pa.int64()),              # the step budget (train.steps)
+    ("optimum_loss", pa.float64()),           # L*, the depth-1 optimum (float64)
+    ("initial_loss", pa.float64()),           # L_0, the same at every depth
+    ("final_loss", pa.float64()),             # at the reported rate
+    ("lrs_tried", pa.int64()),
+    ("lrs_stable", pa.int64()),
+    ("lr_steps", pa.string()),                # JSON: every rate tried -> its steps_to_target
+    ("baseline_key", pa.string()),            # joins a run to its depth-1 baseline
+])
+
 TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES, "layers": LAYERS,
-                                "bounds": BOUNDS, "valleys": VALLEYS}
+                                "bounds": BOUNDS, "valleys": VALLEYS, "acceleration": ACCELERATION}

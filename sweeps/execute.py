@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
+from core.accelerate import train_acceleration
 from core.checkpoint import Checkpointer
 from core.train import describe_device, pick_device, train_family
 from storage.parquet import partition_dir, table_path, write_atomic
+from sweeps.acceleration import acceleration_table
 from sweeps.measures import measure_family, snapshot_steps
 from sweeps.records import RunStatus, failed_family_table, trained_family_tables
-from sweeps.spec import MeasureSpec, RunSpec
+from sweeps.spec import Experiment, MeasureSpec, RunSpec
 from sweeps.version import code_version
 
 
@@ -62,8 +64,13 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     results = Path(job.results)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
-        result = train_family(job.runs, device, checkpoint, snapshot_steps(job.measure, job.runs[0]))
-        measured = measure_family(job.measure, job.sweep, job.runs, result)
+        if job.runs[0].experiment is Experiment.ACCELERATION:
+            accelerated = train_acceleration(job.runs, device)
+            result = accelerated.family
+            measured = {"acceleration": acceleration_table(job.sweep, job.runs, accelerated)}
+        else:
+            result = train_family(job.runs, device, checkpoint, snapshot_steps(job.measure, job.runs[0]))
+            measured = measure_family(job.measure, job.sweep, job.runs, result)
     except Exception as exc:  # recorded in the runs table; the other families carry on
         return record_failure(job, f"{type(exc).__name__}: {exc}", describe_device(device))
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,

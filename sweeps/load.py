@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
         raise SpecError(f"seed: expected an integer >= 0, got {top['seed']!r}")
     sections = {key: _build_section(cls, raw.get(key, {}), key) for key, cls in SECTIONS.items()}
     spec_wo_grid = SweepSpec(**top, **sections, source=text)
+    try:
+        spec_wo_grid.base_run()  # sections that do not fit together (e.g. an experiment's needs)
+    except FieldError as exc:
+        raise SpecError(str(exc)) from None
     grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
     _check_pairs(spec_wo_grid.measure.valleys, grid)
     return dataclasses.replace(spec_wo_grid, grid=grid)
@@ -193,6 +198,13 @@ def _check_grid_value(spec: SweepSpec, target: str, value: Any, path: str) -> An
 
 def _coerce(value: Any, kind: Any, path: str) -> Any:
     options = typing.get_args(kind)
+    if isinstance(kind, types.UnionType) and type(None) not in options:  # e.g. a count or a list
+        for option in options:
+            try:
+                return _coerce(value, option, path)
+            except SpecError:
+                continue
+        raise SpecError(f"{path}: expected {' or '.join(_describe(o) for o in options)}, got {value!r}")
     if type(None) in options:  # an optional measure: true, false, or a table of options
         cls = next(o for o in options if o is not type(None))
         if isinstance(value, bool):
@@ -236,3 +248,9 @@ def _reject_unknown(table: dict[str, Any], allowed: typing.Iterable[str], prefix
         if key not in allowed:
             choices = ", ".join(allowed) if allowed else "none (this section takes no keys yet)"
             raise SpecError(f"{prefix}{key}: unknown key in {where}; allowed: {choices}")
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))

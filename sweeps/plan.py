@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from core import datasets
 from core.errors import SpecError
 from sweeps.pairs import pair_group
-from sweeps.spec import FieldError, Optimizer, RunSpec, SweepSpec
+from sweeps.spec import Experiment, FieldError, Optimizer, RunSpec, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ def family_key(run: RunSpec) -> tuple:
         m.kind, m.depth, m.width if run.applies("model", "width") else None,
         m.activation if run.applies("model", "activation") else None, m.bias,
         t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype,
+        m.overparam, len(t.learning_rates()) if run.experiment is Experiment.ACCELERATION else None,
     )
 
 

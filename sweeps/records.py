@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,8 @@ def config_columns(run: RunSpec) -> dict[str, object]:
             if not is_hashed(f):
                 continue
             value = getattr(spec, f.name) if run.applies(section, f.name) else None
+            if isinstance(value, tuple) or f.name == "lr_grid" and value is not None:
+                value = json.dumps(value)  # lists (and a count or a list) as JSON text
             columns[RENAMED.get((section, f.name), f.name)] = getattr(value, "value", value)
     return columns
 

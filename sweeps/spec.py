@@ -41,6 +41,7 @@ class Choice(str, enum.Enum):
 
 class Experiment(Choice):
     TRAIN = "train"
+    ACCELERATION = "acceleration"
 
 
 class DataKind(Choice):
@@ -51,10 +52,11 @@ class DataKind(Choice):
     MNIST = "mnist"
     FASHION_MNIST = "fashion-mnist"
     CIFAR10 = "cifar10"
+    LP_REGRESSION = "lp-regression"
 
     @property
     def is_classification(self) -> bool:
-        return self not in (DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER)
+        return self not in (DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER, DataKind.LP_REGRESSION)
 
     @property
     def is_real(self) -> bool:
@@ -94,9 +96,16 @@ class Activation(Choice):
     RELU = "relu"
 
 
+class Overparam(Choice):
+    FULL = "full"
+    SCALAR = "scalar"
+
+
 class Init(Choice):
     DEFAULT = "default"
     GAUSSIAN = "gaussian"
+    BALANCED = "balanced"
+    IDENTITY = "identity"
 
 
 class Optimizer(Choice):
@@ -148,9 +157,15 @@ class DataSpec:
     # Directory of the files of "mnist", "fashion-mnist" (IDX files) or "cifar10" (the
     # python pickle batches); nothing is downloaded.
     path: str = field(default="", metadata={"omit_default": True})
+    # lp-regression: the loss is (1/n) sum |x^T w - y|^p / p (Arora, Cohen & Hazan 2018).
+    p: int = field(default=2, metadata={"omit_default": True})
+    # lp-regression: ratio of the largest to the smallest input feature scale.
+    condition: float = field(default=1.0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
+        _require(self.p >= 2, "p", "an integer >= 2", self.p)
+        _require(_finite(self.condition) and self.condition >= 1, "condition", "a number >= 1", self.condition)
         _require(self.n_test >= 1, "n_test", "an integer >= 1", self.n_test)
         _require(self.input_dim >= 1, "input_dim", "an integer >= 1", self.input_dim)
         _require(self.output_dim >= 1, "output_dim", "an integer >= 1", self.output_dim)
@@ -174,8 +189,8 @@ class DataSpec:
                 _require(self.n_test <= real.test, "n_test", f"at most {real.test}", self.n_test)
         if self.kind.reads_files:
             _require(bool(self.path), "path", f"the directory holding the {self.kind.value} files", self.path)
-        if self.kind is DataKind.LINEAR_TEACHER:
-            _require(self.output_dim == 1, "output_dim", "1 for linear-teacher", self.output_dim)
+        if self.kind in (DataKind.LINEAR_TEACHER, DataKind.LP_REGRESSION):
+            _require(self.output_dim == 1, "output_dim", f"1 for {self.kind.value}", self.output_dim)
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
     @property
@@ -208,11 +223,17 @@ class ModelSpec:
     bias: bool = False
     # "default": PyTorch's nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
     # and biases, times init_scale. "gaussian": weights N(0, (init_scale/sqrt(fan_in))^2),
-    # biases zero.
+    # biases zero. Experiment "acceleration": the end-to-end vector starts at
+    # w0 = init_scale g / sqrt(d), g ~ N(0, I) from the run's seed, the same at every
+    # depth; "balanced" factors it into balanced factors, "identity" into w0 and identities.
     init: Init = Init.DEFAULT
     # Multiplies the init. 0 gives zero init, allowed at depth 1 only (a deeper net,
     # linear or not, would sit on a saddle where every gradient vanishes).
     init_scale: float = 1.0
+    # Experiment "acceleration": depth-N overparameterization of the linear model by a
+    # product of N matrices of hidden width `width` ("full") or by a vector times N - 1
+    # scalars, w = w_1 w_2 ... w_N ("scalar", hidden width 1).
+    overparam: Overparam = field(default=Overparam.FULL, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
@@ -226,7 +247,11 @@ class ModelSpec:
 
     def layer_dims(self, n_inputs: int, n_outputs: int) -> list[int]:
         """[d_0, ..., d_L]: layer i maps d_{i-1} -> d_i."""
-        return [n_inputs] + [self.width] * (self.depth - 1) + [n_outputs]
+        return [n_inputs] + [self.hidden_width] * (self.depth - 1) + [n_outputs]
+
+    @property
+    def hidden_width(self) -> int:
+        return 1 if self.overparam is Overparam.SCALAR else self.width
 
 
 @dataclass(frozen=True)
@@ -262,9 +287,26 @@ class TrainSpec:
     # training), so a retried or resumed family continues instead of restarting. It does
     # not change results, so it is not part of the run id and cannot be swept.
     checkpoint_every: int = field(default=0, metadata={"hashed": False})
+    # Experiment "acceleration": the learning rates tried, each one more member of the
+    # family; the fastest stable one is reported. A list, or a count of log-spaced values
+    # over lr_range. Empty: `lr` alone.
+    lr_grid: int | tuple[float, ...] = field(default=(), metadata={"omit_default": True})
+    lr_range: tuple[float, ...] = field(default=(1e-4, 1.0), metadata={"omit_default": True})
+    # Experiment "acceleration": the target is reached at the first step with
+    # L - L* <= target x (L_0 - L*), L* the optimum of the depth-1 problem.
+    target: float = field(default=1e-3, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        if isinstance(self.lr_grid, int):
+            _require(self.lr_grid >= 1, "lr_grid", "a count >= 1 or a list of numbers > 0", self.lr_grid)
+        else:
+            _require(all(_finite(v) and v > 0 for v in self.lr_grid), "lr_grid",
+                     "a count >= 1 or a list of numbers > 0", list(self.lr_grid))
+        _require(len(self.lr_range) == 2 and all(_finite(v) and v > 0 for v in self.lr_range)
+                 and self.lr_range[0] < self.lr_range[1], "lr_range", "[low, high] with 0 < low < high",
+                 list(self.lr_range))
+        _require(_finite(self.target) and 0 < self.target < 1, "target", "a number in (0, 1)", self.target)
         _require(self.steps >= 1, "steps", "an integer >= 1", self.steps)
         _require(self.batch_size >= 0, "batch_size", "an integer >= 0 (0 = full batch)",
                  self.batch_size)
@@ -284,6 +326,15 @@ class TrainSpec:
         _require(self.log_every >= 1, "log_every", "an integer >= 1", self.log_every)
         _require(self.checkpoint_every >= 0, "checkpoint_every",
                  "an integer >= 0 (0 = every 2 minutes)", self.checkpoint_every)
+
+    def learning_rates(self) -> tuple[float, ...]:
+        """The rates an acceleration run tries: lr_grid, expanded if it is a count."""
+        if isinstance(self.lr_grid, int):
+            low, high = self.lr_range
+            if self.lr_grid == 1:
+                return (low,)
+            return tuple(low * (high / low) ** (i / (self.lr_grid - 1)) for i in range(self.lr_grid))
+        return self.lr_grid or (self.lr,)
 
     def log_steps(self) -> list[int]:
         """Steps at which curves are recorded: 0, log_every, 2 log_every, ..., steps."""
@@ -441,9 +492,39 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        self._check_experiment()
         if self.train.batch_size > self.data.n_train:
             raise FieldError("train.batch_size", f"at most data.n_train = {self.data.n_train}",
                              self.train.batch_size)
+
+    def _check_experiment(self) -> None:
+        """What an acceleration run needs: l_p data, a deep linear model without biases
+        and with an end-to-end init, full-batch GD or Adam."""
+        lp = self.data.kind is DataKind.LP_REGRESSION
+        if self.experiment is not Experiment.ACCELERATION:
+            if lp:
+                raise FieldError("data.kind", 'a kind other than "lp-regression" (it needs experiment = '
+                                 '"acceleration")', self.data.kind.value)
+            if self.model.init in (Init.BALANCED, Init.IDENTITY):
+                raise FieldError("model.init", '"default" | "gaussian" outside experiment = "acceleration"',
+                                 self.model.init.value)
+            if self.model.overparam is not Overparam.FULL:
+                raise FieldError("model.overparam", '"full" (the default) outside experiment = "acceleration"',
+                                 self.model.overparam.value)
+            return
+        needs = [
+            ("data.kind", lp, '"lp-regression"', self.data.kind.value),
+            ("model.kind", self.model.kind is ModelKind.LINEAR, '"linear"', self.model.kind.value),
+            ("model.bias", not self.model.bias, "false", self.model.bias),
+            ("model.init", self.model.init in (Init.BALANCED, Init.IDENTITY), '"balanced" | "identity"',
+             self.model.init.value),
+            ("train.optimizer", self.train.optimizer in (Optimizer.GD, Optimizer.ADAM), '"gd" | "adam"',
+             self.train.optimizer.value),
+            ("train.batch_size", self.train.batch_size == 0, "0 (full batch)", self.train.batch_size),
+        ]
+        for name, ok, expected, got in needs:
+            if not ok:
+                raise FieldError(name, f'{expected} for experiment = "acceleration"', got)
 
     def applies(self, section: str, name: str) -> bool:
         """Whether a field can affect this run. Fields that cannot (width at depth 1,
@@ -452,7 +533,16 @@ class RunSpec:
         a model with no hidden layer) are left out of the run id and are NULL in ``runs``,
         so grid points that differ only in them are one run."""
         kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
+        accelerating = self.experiment is Experiment.ACCELERATION
         only_if = {
+            ("data", "p"): kind is DataKind.LP_REGRESSION,
+            ("data", "condition"): kind is DataKind.LP_REGRESSION,
+            ("model", "overparam"): accelerating and depth >= 2,
+            ("model", "init"): not (accelerating and depth == 1),  # plain w starts at w0 either way
+            ("train", "lr"): not (accelerating and self.train.lr_grid),
+            ("train", "lr_grid"): accelerating,
+            ("train", "lr_range"): accelerating and isinstance(self.train.lr_grid, int),
+            ("train", "target"): accelerating,
             ("data", "input_dim"): not kind.is_real,
             ("data", "path"): kind.reads_files,
             ("train", "objective"): not kind.is_classification,
@@ -460,7 +550,7 @@ class RunSpec:
             ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
-            ("model", "width"): depth >= 2,
+            ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
             ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
             ("train", "momentum"): optimizer is Optimizer.SGD,
             ("train", "beta1"): optimizer is Optimizer.ADAM,

@@ -60,7 +60,7 @@ def test_examples_plan(path):
 def example_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("examples") / "results"
     for name in ("quickstart", "label-noise-classification", "cushions", "linear-teacher", "digits-label-noise",
-                 "valleys-vs-width"):
+                 "valleys-vs-width", "acceleration"):
         spec = load_spec(REPO / "examples" / f"{name}.toml")
         summary = launch(prepare(spec, results), results, LocalBackend())
         assert summary.total("n_ok") == summary.planned
@@ -95,3 +95,14 @@ def test_the_valleys_example_shows_barriers_shrinking_with_width(example_results
     wide = sum(barrier[d, 64] for d in (2, 3)) / 2
     assert narrow > 3 * wide
     assert all(r["straight_line"] > 20 * r["barrier"] for r in rows if r["width"] == 64)
+
+
+def test_the_acceleration_example_speeds_up_p_above_2_only(example_results):
+    """Arora, Cohen & Hazan: on the ill-conditioned problem depth accelerates p = 4 and 6,
+    not p = 2 (speed-ups as ratios, or lower bounds where depth 1 ran out of steps)."""
+    recipe = next(sql for sql in sql_blocks() if "FROM acceleration" in sql)
+    rows = run_query(example_results, recipe).to_pylist()
+    speedup = {(r["condition"], r["p"], r["depth"]): r["speedup"] or r["speedup_at_least"] for r in rows}
+    for depth in (2, 3):
+        assert speedup[30.0, 2, depth] < 1.6
+        assert min(speedup[30.0, 4, depth], speedup[30.0, 6, depth]) > speedup[30.0, 2, depth]

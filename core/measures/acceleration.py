@@ -158,10 +158,12 @@ def lp_optimum(x: Tensor, y: Tensor, p: int, max_iter: int = 200) -> tuple[Tenso
     return w, loss
 
 
-def steps_to_target(losses: Tensor, optimum: float | Tensor, target: float) -> Tensor:
+def steps_to_target(losses: Tensor, optimum: float | Tensor, target: float | Tensor) -> Tensor:
     """First step t with L(t) - L* <= target (L(0) - L*), from losses ``[T, ...]`` logged at
-    every step (row 0 the initial loss); -1 where never reached."""
+    every step (row 0 the initial loss; ``optimum`` and ``target`` broadcast against
+    ``[...]``); -1 where never reached."""
     optimum = torch.as_tensor(optimum, dtype=losses.dtype, device=losses.device)
+    target = torch.as_tensor(target, dtype=losses.dtype, device=losses.device)
     threshold = optimum + target * (losses[0] - optimum)
     hit = losses <= threshold
     first = hit.int().argmax(dim=0)

@@ -1,0 +1,151 @@
+"""Experiment "acceleration" end to end: the lr search, steps to the target, the
+acceleration table and its ratio to depth 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.accelerate import initial_factors
+from core.data import make_dataset
+from core.errors import SpecError
+from core.measures.acceleration import lp_loss, lp_optimum, product
+from storage.query import run_query
+from sweeps.dispatch import LocalBackend
+from sweeps.launch import launch, prepare
+from sweeps.load import parse_spec
+from sweeps.plan import plan_sweep
+
+SPEC = """
+name = "{name}"
+experiment = "acceleration"
+[data]
+kind = "lp-regression"
+n_train = 128
+n_test = 64
+input_dim = 8
+condition = 10.0
+label_noise = 0.1
+[model]
+kind = "linear"
+overparam = "{overparam}"
+width = 8
+init = "balanced"
+init_scale = 0.1
+[train]
+optimizer = "gd"
+steps = {steps}
+log_every = 500
+lr_grid = 8
+lr_range = [1e-3, 4.0]
+target = 1e-5
+dtype = "float64"
+[grid]
+"data.p" = [2, 4]
+depth = [1, 2]
+"""
+
+
+def run(results, name="acc", overparam="full", steps=10000):
+    spec = parse_spec(SPEC.format(name=name, overparam=overparam, steps=steps))
+    summary = launch(prepare(spec, results), results, LocalBackend())
+    assert summary.total("n_failed") == 0
+    return spec
+
+
+@pytest.fixture(scope="module")
+def accelerated(tmp_path_factory):
+    results = tmp_path_factory.mktemp("acceleration") / "results"
+    return results, run(results)
+
+
+def table(results, sweep="acc"):
+    return run_query(results, f"SELECT * FROM acceleration WHERE sweep = '{sweep}' ORDER BY p, depth").to_pylist()
+
+
+def test_depth_two_speeds_up_p4_more_than_p2(accelerated):
+    """The paper's finding on an ill-conditioned problem, with the lr searched per run."""
+    rows = {(r["p"], r["depth"]): r for r in table(accelerated[0])}
+    assert all(r["reached"] for r in rows.values())  # every run, depth 1 included, got there
+    assert rows[2, 1]["ratio_vs_depth1"] == 1.0
+    assert rows[4, 2]["ratio_vs_depth1"] > 1.5 * rows[2, 2]["ratio_vs_depth1"]
+    assert rows[4, 2]["ratio_vs_depth1"] > 2.0
+
+
+def test_steps_to_target_and_the_optimum_follow_their_definitions(accelerated):
+    results, spec = accelerated
+    runs = {r.run_id: r for r in plan_sweep(spec).runs}
+    for row in table(results):
+        run = runs[row["run_id"]]
+        data = make_dataset(run.data)
+        _, optimum = lp_optimum(data.x_train, data.y_train.view(-1), run.data.p)
+        assert row["optimum_loss"] == pytest.approx(optimum, rel=1e-12)
+        w0 = product(initial_factors(run)).view(-1)  # every depth starts at the same w0
+        assert row["initial_loss"] == pytest.approx(float(lp_loss(w0, data.x_train, data.y_train.view(-1), run.data.p)),
+                                                    rel=1e-12)
+        assert row["target_loss"] == pytest.approx(optimum + 1e-5 * (row["initial_loss"] - optimum), rel=1e-12)
+        curve = run_query(results, f"SELECT step, train_loss FROM curves WHERE sweep = 'acc' AND "
+                                   f"run_id = '{row['run_id']}' ORDER BY step").to_pylist()
+        for point in curve:  # no logged point before the first step under the target is under it
+            if point["step"] < row["steps_to_target"]:
+                assert point["train_loss"] > row["target_loss"]
+        steps = json.loads(row["lr_steps"])
+        assert len(steps) == 8 and min(s for s in steps.values() if s is not None) == row["steps_to_target"]
+
+
+def test_runs_report_the_chosen_rate_and_one_row_each(accelerated):
+    results, _ = accelerated
+    runs = run_query(results, "SELECT r.run_id, r.depth, r.p, r.lr, r.lr_grid, r.status, a.lr AS best "
+                              "FROM runs r JOIN acceleration a USING (sweep, run_id) WHERE sweep = 'acc'").to_pylist()
+    assert len(runs) == 4
+    for r in runs:
+        assert r["status"] == "ok" and r["lr"] is None and r["lr_grid"] == "8" and r["best"] > 0
+
+
+def test_a_budget_too_short_for_depth_one_gives_a_lower_bound(tmp_path):
+    results = tmp_path / "results"
+    run(results, name="short", steps=3000)
+    rows = {(r["p"], r["depth"]): r for r in table(results, "short")}
+    slow, fast = rows[4, 1], rows[4, 2]
+    assert not slow["reached"] and slow["steps_to_target"] is None
+    assert fast["reached"] and fast["ratio_vs_depth1"] is None
+    assert fast["ratio_at_least"] == pytest.approx(3000 / fast["steps_to_target"])
+
+
+def test_acceleration_needs_a_deep_linear_model():
+    text = SPEC.format(name="bad", overparam="full", steps=10).replace('kind = "linear"', 'kind = "mlp"')
+    with pytest.raises(SpecError, match='model.kind: expected "linear" for experiment = "acceleration", got \'mlp\''):
+        parse_spec(text)
+
+
+def test_lp_data_needs_the_acceleration_experiment():
+    text = SPEC.format(name="bad", overparam="full", steps=10).replace('experiment = "acceleration"\n', "")
+    with pytest.raises(SpecError, match='data.kind: expected a kind other than "lp-regression"'):
+        parse_spec(text)
+
+
+def test_the_lr_grid_takes_a_count_or_a_list():
+    text = SPEC.format(name="g", overparam="full", steps=10)
+    assert parse_spec(text.replace("lr_grid = 8", "lr_grid = [0.1, 0.2]")).train.learning_rates() == (0.1, 0.2)
+    rates = parse_spec(text).train.learning_rates()
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(4.0) and len(rates) == 8
+    with pytest.raises(SpecError, match="train.lr_grid: expected an integer or a list"):
+        parse_spec(text.replace("lr_grid = 8", 'lr_grid = "many"'))
+
+
+def test_family_of_rates_equals_each_rate_alone(tmp_path):
+    """A rate trained as one member of the family computes what it computes alone."""
+    results = tmp_path / "results"
+    spec = parse_spec(SPEC.format(name="all", overparam="scalar", steps=300).replace(
+        "lr_grid = 8", "lr_grid = [0.01, 0.05]").replace("target = 1e-5", "target = 0.05"))
+    launch(prepare(spec, results), results, LocalBackend())
+    alone = parse_spec(SPEC.format(name="one", overparam="scalar", steps=300).replace(
+        "lr_grid = 8", "lr_grid = [0.05]").replace("target = 1e-5", "target = 0.05"))
+    launch(prepare(alone, results), results, LocalBackend())
+    both = {(r["p"], r["depth"]): r for r in table(results, "all")}
+    one = {(r["p"], r["depth"]): r for r in table(results, "one")}
+    for key, row in one.items():
+        steps = json.loads(both[key]["lr_steps"])["0.05"]
+        assert steps is not None and steps == row["steps_to_target"]
+    assert both[2, 2]["overparam"] == "scalar" and both[2, 2]["hidden_width"] == 1
