@@ -21,6 +21,10 @@ data set is the same on any machine, device or dtype; the trainer casts it after
   scales D_jj = condition^{-j/(d-1)} (largest / smallest = condition); y = w*·x + noise,
   w* ~ N(0, I_d), noise Gaussian of std ``label_noise`` x the clean targets' std (exact:
   ||D w*||); the test targets are clean.
+* ``linear-modes`` (Saxe, McClelland & Ganguli 2014): whitened training inputs
+  (X^T X / n = I exactly: sqrt(n) times an orthonormal basis), targets y = W_t x with
+  W_t = U diag(s) V^T, U and V random orthonormal columns and s = ``singular_values``, so
+  the input-output correlation is W_t itself; test inputs N(0, I), noise-free.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def make_dataset(spec: DataSpec) -> Dataset:
         DataKind.LINEAR_TEACHER: _linear_teacher,
         DataKind.GAUSSIAN_MIXTURE: _gaussian_mixture,
         DataKind.LP_REGRESSION: _lp_regression,
+        DataKind.LINEAR_MODES: _linear_modes,
     }
     return builders.get(spec.kind, _real)(spec)
 
@@ -125,6 +130,23 @@ def _lp_regression(s: DataSpec) -> Dataset:
     x_train, x_test = inputs(s.n_train, "train"), inputs(s.n_test, "test")
     noise = _randn(s.n_train, 1, stream=generator(s.seed, "lp-regression", "train", "noise"))
     return Dataset(x_train, x_train @ w_star + noise_std * noise, x_test, x_test @ w_star, False, 1)
+
+
+def linear_modes_target(s: DataSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U [o, k], strengths [k], V [d, k]) of the linear-modes target map W_t = U diag(s) V^T."""
+    k = len(s.singular_values)
+    u, _ = torch.linalg.qr(_randn(s.output_dim, k, stream=generator(s.seed, "linear-modes", "left")))
+    v, _ = torch.linalg.qr(_randn(s.input_dim, k, stream=generator(s.seed, "linear-modes", "right")))
+    return u, torch.tensor(s.singular_values, dtype=F64), v
+
+
+def _linear_modes(s: DataSpec) -> Dataset:
+    u, strengths, v = linear_modes_target(s)
+    target = u @ torch.diag(strengths) @ v.T
+    basis, _ = torch.linalg.qr(_randn(s.n_train, s.input_dim, stream=generator(s.seed, "linear-modes", "train")))
+    x_train = math.sqrt(s.n_train) * basis
+    x_test = _randn(s.n_test, s.input_dim, stream=generator(s.seed, "linear-modes", "test"))
+    return Dataset(x_train, x_train @ target.T, x_test, x_test @ target.T, False, s.output_dim)
 
 
 def _gaussian_mixture(s: DataSpec) -> Dataset:

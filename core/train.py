@@ -55,6 +55,8 @@ class FamilyResult:
     # (for measures that look at the nets while they train).
     data: StackedData | None = None
     snapshots: dict[int, models.Params] | None = None
+    # Experiment "linear-dynamics": ||W_e - W_rule||_F / ||W_rule||_F at the logged steps.
+    rule_deviation: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

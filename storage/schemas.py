@@ -76,6 +76,8 @@ RUNS = pa.schema([
     ("lr_grid", pa.string()),         # train.lr_grid as JSON (acceleration)
     ("lr_range", pa.string()),        # train.lr_range as JSON
     ("target", pa.float64()),         # train.target (acceleration)
+    ("imbalance", pa.float64()),      # model.imbalance (linear-dynamics)
+    ("singular_values", pa.string()), # data.singular_values as JSON (linear-modes)
     ("code_version", pa.string()),
 ])
 
@@ -88,6 +90,7 @@ CURVES = pa.schema([
     ("train_error", pa.float64()),
     ("test_error", pa.float64()),
     ("theory_test_loss", pa.float64()),  # closed-form prediction where one exists
+    ("rule_deviation", pa.float64()),    # linear-dynamics: ||W_e - W_rule||_F / ||W_rule||_F
 ])
 
 # One row per run, measured step and layer (Arora, Ge, Neyshabur & Zhang 2018). The
@@ -184,6 +187,22 @@ VALLEYS = pa.schema([
     ("wall_seconds", pa.float64()),           # the whole family's valley measurement
 ])
 
+# One row per run and target mode of experiment "linear-dynamics" on linear-modes data
+# (Saxe, McClelland & Ganguli 2014): when the mode reached half its strength.
+MODES = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("mode", pa.int64()),                     # 1 = the largest singular value
+    ("singular_value", pa.float64()),         # s
+    ("initial_strength", pa.float64()),       # u0 = u_a^T W_e(0) v_a
+    ("final_strength", pa.float64()),         # at the last step
+    ("half_step", pa.float64()),              # first crossing of s/2, interpolated between steps
+    ("half_time", pa.float64()),              # in Saxe's time units (tau = 1): half_step x time_per_step
+    ("theory_half_time", pa.float64()),       # (1/2s) ln[u_f (s - u0) / (u0 (s - u_f))], depth 2, decoupled init
+    ("relative_error", pa.float64()),         # half_time / theory_half_time - 1
+    ("time_per_step", pa.float64()),          # lr x 2/outputs ("mean") or lr x n_train ("half-sum")
+])
+
 # One row per run of experiment "acceleration" (Arora, Cohen & Hazan 2018). The view of
 # the same name adds ratio_vs_depth1 (storage.query).
 ACCELERATION = pa.schema([
@@ -213,4 +232,5 @@ ACCELERATION = pa.schema([
 ])
 
 TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "runs": RUNS, "curves": CURVES, "layers": LAYERS,
-                                "bounds": BOUNDS, "valleys": VALLEYS, "acceleration": ACCELERATION}
+                                "bounds": BOUNDS, "valleys": VALLEYS, "acceleration": ACCELERATION,
+                                "modes": MODES}

@@ -18,9 +18,11 @@ import torch
 
 from core.accelerate import train_acceleration
 from core.checkpoint import Checkpointer
+from core.dynamics import train_linear_dynamics
 from core.train import describe_device, pick_device, train_family
 from storage.parquet import partition_dir, table_path, write_atomic
 from sweeps.acceleration import acceleration_table
+from sweeps.dynamics import modes_table
 from sweeps.measures import measure_family, snapshot_steps
 from sweeps.records import RunStatus, failed_family_table, trained_family_tables
 from sweeps.spec import Experiment, MeasureSpec, RunSpec
@@ -64,10 +66,15 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     results = Path(job.results)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
-        if job.runs[0].experiment is Experiment.ACCELERATION:
+        experiment = job.runs[0].experiment
+        if experiment is Experiment.ACCELERATION:
             accelerated = train_acceleration(job.runs, device)
             result = accelerated.family
             measured = {"acceleration": acceleration_table(job.sweep, job.runs, accelerated)}
+        elif experiment is Experiment.LINEAR_DYNAMICS:
+            dynamics = train_linear_dynamics(job.runs, device)
+            result = dynamics.family
+            measured = {"modes": modes_table(job.sweep, job.runs, dynamics)}
         else:
             result = train_family(job.runs, device, checkpoint, snapshot_steps(job.measure, job.runs[0]))
             measured = measure_family(job.measure, job.sweep, job.runs, result)

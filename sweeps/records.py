@@ -71,6 +71,7 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
         "train_error": _curve(result.train_error, frozen),
         "test_error": _curve(result.test_error, frozen),
         "theory_test_loss": _theory(runs, result.steps),
+        "rule_deviation": _curve(result.rule_deviation, frozen),
     }, schema=schemas.CURVES)
     return pa.Table.from_pylist(rows, schema=schemas.RUNS), curves
 

@@ -42,6 +42,7 @@ class Choice(str, enum.Enum):
 class Experiment(Choice):
     TRAIN = "train"
     ACCELERATION = "acceleration"
+    LINEAR_DYNAMICS = "linear-dynamics"
 
 
 class DataKind(Choice):
@@ -53,10 +54,12 @@ class DataKind(Choice):
     FASHION_MNIST = "fashion-mnist"
     CIFAR10 = "cifar10"
     LP_REGRESSION = "lp-regression"
+    LINEAR_MODES = "linear-modes"
 
     @property
     def is_classification(self) -> bool:
-        return self not in (DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER, DataKind.LP_REGRESSION)
+        return self not in (DataKind.TEACHER_STUDENT, DataKind.LINEAR_TEACHER, DataKind.LP_REGRESSION,
+                            DataKind.LINEAR_MODES)
 
     @property
     def is_real(self) -> bool:
@@ -106,6 +109,7 @@ class Init(Choice):
     GAUSSIAN = "gaussian"
     BALANCED = "balanced"
     IDENTITY = "identity"
+    DECOUPLED = "decoupled"
 
 
 class Optimizer(Choice):
@@ -161,11 +165,22 @@ class DataSpec:
     p: int = field(default=2, metadata={"omit_default": True})
     # lp-regression: ratio of the largest to the smallest input feature scale.
     condition: float = field(default=1.0, metadata={"omit_default": True})
+    # linear-modes: singular values of the target map (Saxe et al. 2014's mode strengths s).
+    singular_values: tuple[float, ...] = field(default=(3.0, 2.0, 1.0), metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
         _require(self.p >= 2, "p", "an integer >= 2", self.p)
         _require(_finite(self.condition) and self.condition >= 1, "condition", "a number >= 1", self.condition)
+        _require(len(self.singular_values) >= 1 and all(_finite(v) and v > 0 for v in self.singular_values),
+                 "singular_values", "a non-empty list of numbers > 0", list(self.singular_values))
+        if self.kind is DataKind.LINEAR_MODES:
+            modes = len(self.singular_values)
+            _require(self.input_dim >= modes, "input_dim", f"at least the {modes} singular values", self.input_dim)
+            _require(self.output_dim >= modes, "output_dim", f"at least the {modes} singular values",
+                     self.output_dim)
+            _require(self.n_train >= self.input_dim, "n_train", f"at least input_dim = {self.input_dim} "
+                     "(the inputs are whitened exactly)", self.n_train)
         _require(self.n_test >= 1, "n_test", "an integer >= 1", self.n_test)
         _require(self.input_dim >= 1, "input_dim", "an integer >= 1", self.input_dim)
         _require(self.output_dim >= 1, "output_dim", "an integer >= 1", self.output_dim)
@@ -234,10 +249,14 @@ class ModelSpec:
     # product of N matrices of hidden width `width` ("full") or by a vector times N - 1
     # scalars, w = w_1 w_2 ... w_N ("scalar", hidden width 1).
     overparam: Overparam = field(default=Overparam.FULL, metadata={"omit_default": True})
+    # Experiment "linear-dynamics": W_1 is multiplied and W_N divided by 1 + imbalance
+    # after the init, which keeps the end-to-end matrix and breaks balancedness.
+    imbalance: float = field(default=0.0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         _require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         _require(self.width >= 1, "width", "an integer >= 1", self.width)
+        _require(_finite(self.imbalance) and self.imbalance > -1, "imbalance", "a number > -1", self.imbalance)
         _require(_finite(self.init_scale) and self.init_scale >= 0, "init_scale",
                  "a finite number >= 0", self.init_scale)
         if self.depth >= 2:
@@ -499,8 +518,33 @@ class RunSpec:
 
     def _check_experiment(self) -> None:
         """What an acceleration run needs: l_p data, a deep linear model without biases
-        and with an end-to-end init, full-batch GD or Adam."""
+        and with an end-to-end init, full-batch GD or Adam. A linear-dynamics run: a
+        deep linear model without biases on regression data, an end-to-end init, full-batch
+        GD."""
         lp = self.data.kind is DataKind.LP_REGRESSION
+        end_to_end = (Init.BALANCED, Init.IDENTITY, Init.DECOUPLED)
+        if self.model.init is Init.DECOUPLED and self.data.kind is not DataKind.LINEAR_MODES:
+            raise FieldError("model.init", '"balanced" | "identity" unless data.kind = "linear-modes" '
+                             '("decoupled" starts from the target\'s singular vectors)', self.model.init.value)
+        if self.experiment is Experiment.LINEAR_DYNAMICS:
+            needs = [
+                ("data.kind", not (lp or self.data.kind.is_classification), "a regression kind other than "
+                 '"lp-regression"', self.data.kind.value),
+                ("model.kind", self.model.kind is ModelKind.LINEAR, '"linear"', self.model.kind.value),
+                ("model.bias", not self.model.bias, "false", self.model.bias),
+                ("model.init", self.model.init in end_to_end, '"balanced" | "identity" | "decoupled"',
+                 self.model.init.value),
+                ("train.optimizer", self.train.optimizer is Optimizer.GD, '"gd"', self.train.optimizer.value),
+            ]
+            for name, ok, expected, got in needs:
+                if not ok:
+                    raise FieldError(name, f'{expected} for experiment = "linear-dynamics"', got)
+            return
+        if self.data.kind is DataKind.LINEAR_MODES and self.experiment is not Experiment.LINEAR_DYNAMICS:
+            raise FieldError("data.kind", 'a kind other than "linear-modes" (it needs experiment = '
+                             '"linear-dynamics")', self.data.kind.value)
+        _require(self.model.imbalance == 0, "model.imbalance", '0 outside experiment = "linear-dynamics"',
+                 self.model.imbalance)
         if self.experiment is not Experiment.ACCELERATION:
             if lp:
                 raise FieldError("data.kind", 'a kind other than "lp-regression" (it needs experiment = '
@@ -539,6 +583,8 @@ class RunSpec:
             ("data", "condition"): kind is DataKind.LP_REGRESSION,
             ("model", "overparam"): accelerating and depth >= 2,
             ("model", "init"): not (accelerating and depth == 1),  # plain w starts at w0 either way
+            ("model", "imbalance"): self.experiment is Experiment.LINEAR_DYNAMICS and depth >= 2,
+            ("data", "singular_values"): kind is DataKind.LINEAR_MODES,
             ("train", "lr"): not (accelerating and self.train.lr_grid),
             ("train", "lr_grid"): accelerating,
             ("train", "lr_range"): accelerating and isinstance(self.train.lr_grid, int),
@@ -551,6 +597,7 @@ class RunSpec:
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
+            ("data", "label_noise"): kind is not DataKind.LINEAR_MODES,
             ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
             ("train", "momentum"): optimizer is Optimizer.SGD,
             ("train", "beta1"): optimizer is Optimizer.ADAM,

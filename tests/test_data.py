@@ -14,7 +14,8 @@ from sweeps.spec import DataKind, DataSpec
 
 @pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files])
 def test_same_spec_same_data(kind):
-    spec = DataSpec(kind=kind, n_train=50, n_test=30, input_dim=5, label_noise=0.3)
+    outputs = 3 if kind is DataKind.LINEAR_MODES else 1  # one per singular value
+    spec = DataSpec(kind=kind, n_train=50, n_test=30, input_dim=5, label_noise=0.3, output_dim=outputs)
     a, b = make_dataset(spec), make_dataset(spec)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(a, name), getattr(b, name))
@@ -22,7 +23,7 @@ def test_same_spec_same_data(kind):
     assert not torch.equal(a.x_train, c.x_train)
 
 
-@pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files])
+@pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files and k is not DataKind.LINEAR_MODES])
 def test_label_noise_leaves_inputs_and_test_inputs_alone(kind):
     clean = make_dataset(DataSpec(kind=kind, n_train=40, n_test=20, input_dim=4))
     noisy = make_dataset(DataSpec(kind=kind, n_train=40, n_test=20, input_dim=4, label_noise=0.5))
@@ -99,3 +100,27 @@ def test_training_sets_are_nested_across_n_train(kind):
     large = make_dataset(DataSpec(kind=kind, n_train=203, n_test=5, input_dim=3, label_noise=0.3 if kind != DataKind.GAUSSIAN_MIXTURE else 0.0))
     assert torch.equal(small.x_train, large.x_train[:7])
     assert torch.equal(small.y_train, large.y_train[:7])
+
+
+def test_lp_regression_conditioning_and_noise():
+    spec = DataSpec(kind=DataKind.LP_REGRESSION, n_train=40000, n_test=10, input_dim=5, condition=100.0)
+    clean = make_dataset(spec)
+    std = clean.x_train.std(dim=0)
+    assert float(std.max() / std.min()) == pytest.approx(100.0, rel=0.03)
+    assert torch.allclose(std, 100.0 ** -(torch.arange(5, dtype=std.dtype) / 4), rtol=0.03)
+    noisy = make_dataset(dataclasses.replace(spec, label_noise=0.5))
+    ratio = (noisy.y_train - clean.y_train).std() / clean.y_train.std()
+    assert ratio == pytest.approx(0.5, rel=0.03)
+    assert torch.equal(clean.y_test, noisy.y_test)
+
+
+def test_linear_modes_are_whitened_with_the_given_singular_values():
+    spec = DataSpec(kind=DataKind.LINEAR_MODES, n_train=40, n_test=10, input_dim=6, output_dim=4,
+                    singular_values=(5.0, 2.0, 0.5))
+    data = make_dataset(spec)
+    n = 40
+    assert torch.allclose(data.x_train.T @ data.x_train / n, torch.eye(6, dtype=data.x_train.dtype), atol=1e-12)
+    sigma_yx = data.y_train.T @ data.x_train / n  # the input-output correlation of Saxe et al.
+    values = torch.linalg.svdvals(sigma_yx)
+    assert torch.allclose(values[:3], torch.tensor([5.0, 2.0, 0.5], dtype=values.dtype), atol=1e-12)
+    assert float(values[3]) < 1e-12

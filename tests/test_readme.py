@@ -60,7 +60,7 @@ def test_examples_plan(path):
 def example_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("examples") / "results"
     for name in ("quickstart", "label-noise-classification", "cushions", "linear-teacher", "digits-label-noise",
-                 "valleys-vs-width", "acceleration"):
+                 "valleys-vs-width", "acceleration", "linear-dynamics"):
         spec = load_spec(REPO / "examples" / f"{name}.toml")
         summary = launch(prepare(spec, results), results, LocalBackend())
         assert summary.total("n_ok") == summary.planned

@@ -52,7 +52,8 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_empty_results_give_empty_views_with_the_schema_columns(tmp_path):
     views = describe_views(tmp_path / "nothing-here")
-    assert set(views) == {"sweeps", "runs", "curves", "layers", "bounds", "valleys", "acceleration", "overtraining"}
+    assert set(views) == {"sweeps", "runs", "curves", "layers", "bounds", "valleys", "acceleration", "modes",
+                          "overtraining"}
     assert [c for c, _ in views["runs"]] == schemas.RUNS.names
     assert dict(views["runs"])["finished_at"] == "TIMESTAMP WITH TIME ZONE"
     assert run_query(tmp_path, "SELECT count(*) AS n FROM runs").column("n").to_pylist() == [0]

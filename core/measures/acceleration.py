@@ -33,13 +33,17 @@ def psd_power(a: Tensor, exponent: float) -> Tensor:
     eigendecomposition; A^0 = I. Eigenvalues within rounding of 0 (below n x machine
     epsilon x the largest) are taken as 0: a fractional power would blow rounding noise
     of 1e-16 up to 1e-5 at exponent 1/3."""
+    return psd_powers(a, [exponent])[0]
+
+
+def psd_powers(a: Tensor, exponents: list[float]) -> list[Tensor]:
+    """``psd_power(a, e)`` for every e, from one eigendecomposition."""
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-    if exponent == 0:
-        return eye.clone()
     values, vectors = torch.linalg.eigh((a + a.transpose(-1, -2)) / 2)
     floor = a.shape[-1] * torch.finfo(a.dtype).eps * values.abs().amax(dim=-1, keepdim=True)
-    powered = torch.where(values > floor, values, 0.0) ** exponent
-    return (vectors * powered.unsqueeze(-2)) @ vectors.transpose(-1, -2)
+    kept = torch.where(values > floor, values, 0.0)
+    return [eye.clone() if e == 0 else (vectors * (kept ** e).unsqueeze(-2)) @ vectors.transpose(-1, -2)
+            for e in exponents]
 
 
 def end_to_end_update(w_e: Tensor, grad: Tensor, lr: float | Tensor, depth: int) -> Tensor:
@@ -48,9 +52,9 @@ def end_to_end_update(w_e: Tensor, grad: Tensor, lr: float | Tensor, depth: int)
     tensor broadcasting against ``[...]``."""
     if depth < 1:
         raise ValueError(f"depth: expected an integer >= 1, got {depth}")
-    left, right = w_e @ w_e.transpose(-1, -2), w_e.transpose(-1, -2) @ w_e
-    step = sum(psd_power(left, (j - 1) / depth) @ grad @ psd_power(right, (depth - j) / depth)
-               for j in range(1, depth + 1))
+    left = psd_powers(w_e @ w_e.transpose(-1, -2), [(j - 1) / depth for j in range(1, depth + 1)])
+    right = psd_powers(w_e.transpose(-1, -2) @ w_e, [(depth - j) / depth for j in range(1, depth + 1)])
+    step = sum(a @ grad @ b for a, b in zip(left, right))
     lr = torch.as_tensor(lr, dtype=w_e.dtype, device=w_e.device)
     return w_e - lr.view(*lr.shape, 1, 1) * step
 

@@ -1,0 +1,121 @@
+"""Deep linear nets trained by gradient descent beside the end-to-end rule (experiment
+"linear-dynamics"; Arora, Cohen & Hazan 2018, Theorem 1; Saxe, McClelland & Ganguli 2014).
+
+A family of deep linear nets W_N ... W_1 trains by full-batch GD as any family does. Side
+by side, each member's end-to-end matrix is also moved by Theorem 1's rule from the same
+start, W <- W - lr sum_j (W W^T)^{(j-1)/N} grad L(W) (W^T W)^{(N-j)/N}. With balanced
+factors and a small rate the two trajectories agree (the theorem is exact for gradient
+flow); the logged relative deviation ||W_e - W_rule||_F / ||W_rule||_F shows how the
+agreement degrades with the rate and with imbalance (``model.imbalance``).
+
+On linear-modes data the strength u_a(t) = u_a^T W_e(t) v_a of every target mode is kept
+at every step, for Saxe et al.'s timing of sigmoidal mode learning.
+
+Every run's end-to-end start W_0 comes from its seed (``model.init``): "balanced" and
+"identity" start from W_0 = init_scale G / sqrt(d), G ~ N(0, I), in balanced factors or
+in W_1 with identities after it; "decoupled" starts from W_0 = init_scale U V^T on the
+target's singular vectors (every mode at strength init_scale), in balanced factors:
+Saxe et al.'s small decoupled initial condition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core import models
+from core.data import linear_modes_target
+from core.measures.acceleration import balanced_factors, end_to_end_update, identity_factors, product
+from core.seeding import generator
+from core.train import FamilyResult, FamilyTraining, member_losses
+from sweeps.spec import DataKind, Init, Objective, RunSpec
+
+
+@dataclass(frozen=True)
+class DynamicsResult:
+    family: FamilyResult          # curves with rule_deviation, final weights
+    strengths: np.ndarray | None  # [steps + 1, F, k] mode strengths (linear-modes data), else None
+    time_per_step: np.ndarray     # [F] Saxe's time units (tau = 1) per GD step
+
+
+def initial_factors(run: RunSpec) -> list[torch.Tensor]:
+    """The run's factors W_1 ... W_N (float64, CPU), imbalance applied."""
+    d, o = run.data.n_inputs, run.data.n_outputs
+    model = run.model
+    if model.init is Init.DECOUPLED:
+        u, _, v = linear_modes_target(run.data)
+        w0 = model.init_scale * u @ v.T
+    else:
+        g = torch.randn(o, d, generator=generator(run.seed, "init"), dtype=torch.float64)
+        w0 = model.init_scale * g / math.sqrt(d)
+    factor = identity_factors if model.init is Init.IDENTITY else balanced_factors
+    factors = factor(w0, model.depth, model.width)
+    if model.depth > 1 and model.imbalance:
+        factors[0] = factors[0] * (1 + model.imbalance)
+        factors[-1] = factors[-1] / (1 + model.imbalance)
+    return factors
+
+
+def time_per_step(run: RunSpec) -> float:
+    """Gradient-flow time of one GD step in Saxe's units (tau dW/dt = Sigma_yx - W Sigma_xx):
+    the mean loss (1/(n o)) sum ||W x - y||^2 has gradient (2/o)(W Sigma_xx - Sigma_yx),
+    the half-sum loss n (W Sigma_xx - Sigma_yx)."""
+    if run.train.objective is Objective.HALF_SUM:
+        return run.train.lr * run.data.n_train
+    return run.train.lr * 2 / run.data.n_outputs
+
+
+def train_linear_dynamics(runs: Sequence[RunSpec], device: torch.device) -> DynamicsResult:
+    training = FamilyTraining(runs, device)
+    depth = runs[0].model.depth
+    with torch.no_grad():
+        for tensor, start in zip(training.tensors, zip(*(initial_factors(r) for r in runs))):
+            tensor.copy_(torch.stack(start))
+    data = training.data
+    lr = torch.tensor([r.train.lr for r in runs], dtype=training.dtype, device=device)
+    scale = 1.0
+    if runs[0].train.objective is Objective.HALF_SUM:
+        scale = data.y_train.shape[1] * data.y_train.shape[2] / 2
+    modes = None
+    if runs[0].data.kind is DataKind.LINEAR_MODES:
+        targets = [linear_modes_target(r.data) for r in runs]
+        modes = (torch.stack([u for u, _, _ in targets]).to(device=device, dtype=training.dtype),
+                 torch.stack([v for _, _, v in targets]).to(device=device, dtype=training.dtype))
+        strengths = torch.empty(training.spec_train.steps + 1, len(runs), modes[0].shape[-1],
+                                dtype=training.dtype, device=device)
+    deviation = torch.full((len(training.log_steps), len(runs)), math.nan, dtype=training.dtype, device=device)
+    with torch.no_grad():
+        w_rule = product(training.params.weights).clone()
+    steps = training.spec_train.steps
+    started = time.perf_counter()
+    while not training.finished:
+        step = training.step
+        with torch.no_grad():
+            w_e = product(training.params.weights)
+            if modes is not None:
+                strengths[step] = torch.einsum("fok,fod,fdk->fk", modes[0], w_e, modes[1])
+            if step in training.log_row:
+                deviation[training.log_row[step]] = (w_e - w_rule).flatten(1).norm(dim=1) / \
+                    w_rule.flatten(1).norm(dim=1)
+        training.run_step()
+        if step < steps:
+            w = w_rule.requires_grad_(True)
+            out = models.forward(models.Params([w], None), data.x_train, nonlinear=False)
+            loss, _ = member_losses(out, data.y_train, False)
+            grad, = torch.autograd.grad(loss.sum() * scale, w)
+            with torch.no_grad():
+                w_rule = end_to_end_update(w.detach(), grad, lr, depth)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    training.elapsed = time.perf_counter() - started
+    for p in training.tensors:
+        p.requires_grad_(False)
+    family = dataclasses.replace(training.result(), rule_deviation=deviation.double().cpu().numpy())
+    return DynamicsResult(family, None if modes is None else strengths.double().cpu().numpy(),
+                          np.array([time_per_step(r) for r in runs]))
