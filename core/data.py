@@ -25,6 +25,8 @@ data set is the same on any machine, device or dtype; the trainer casts it after
   (X^T X / n = I exactly: sqrt(n) times an orthonormal basis), targets y = W_t x with
   W_t = U diag(s) V^T, U and V random orthonormal columns and s = ``singular_values``, so
   the input-output correlation is W_t itself; test inputs N(0, I), noise-free.
+* ``lp-regression`` with ``data.path``: the rows of a CSV or Parquet table
+  (``core.datasets.table``), standardised, split by a permutation from the data seed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import numpy as np
 import torch
 
 from core import datasets
+from core.datasets.table import read_table
+from core.errors import SpecError
 from core.seeding import generator
 from sweeps.spec import REAL_DATA, DataKind, DataSpec
 
@@ -119,6 +123,8 @@ def _linear_teacher(s: DataSpec) -> Dataset:
 
 
 def _lp_regression(s: DataSpec) -> Dataset:
+    if s.from_table:
+        return _lp_table(s)
     d = s.input_dim
     scales = s.condition ** -(torch.arange(d, dtype=F64) / max(d - 1, 1))
     w_star = _randn(d, 1, stream=generator(s.seed, "lp-regression", "teacher"))
@@ -130,6 +136,24 @@ def _lp_regression(s: DataSpec) -> Dataset:
     x_train, x_test = inputs(s.n_train, "train"), inputs(s.n_test, "test")
     noise = _randn(s.n_train, 1, stream=generator(s.seed, "lp-regression", "train", "noise"))
     return Dataset(x_train, x_train @ w_star + noise_std * noise, x_test, x_test @ w_star, False, 1)
+
+
+def _lp_table(s: DataSpec) -> Dataset:
+    """Rows of the table at ``data.path``: a permutation from the data seed puts the first
+    ``n_test`` in the test set and the next ``n_train`` in the training set."""
+    table = read_table(s.path, s.target_column)
+    check_table_rows(s)
+    order = torch.randperm(len(table.y), generator=generator(s.seed, "lp-table", "split")).numpy()
+    test, train = order[:s.n_test], order[s.n_test:s.n_test + s.n_train]
+    x, y = torch.from_numpy(table.x), torch.from_numpy(table.y).unsqueeze(1)
+    return Dataset(x[train], y[train], x[test], y[test], False, 1)
+
+
+def check_table_rows(s: DataSpec) -> None:
+    rows = len(read_table(s.path, s.target_column).y)
+    if s.n_train + s.n_test > rows:
+        raise SpecError(f"data.n_train: n_train + n_test = {s.n_train + s.n_test} is more than the {rows} "
+                        f"complete rows of {s.path}")
 
 
 def linear_modes_target(s: DataSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -70,6 +70,7 @@ RUNS = pa.schema([
     ("log_every", pa.int64()),
     ("dtype", pa.string()),
     ("objective", pa.string()),       # train.objective (regression)
+    ("target_column", pa.string()),   # data.target_column (lp-regression from a table)
     ("p", pa.int64()),                # data.p (lp-regression)
     ("condition", pa.float64()),      # data.condition (lp-regression)
     ("overparam", pa.string()),       # model.overparam (acceleration)

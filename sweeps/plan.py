@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from core import datasets
+from core.data import check_table_rows
 from core.errors import SpecError
 from sweeps.pairs import pair_group
 from sweeps.spec import Experiment, FieldError, Optimizer, RunSpec, SweepSpec
@@ -166,6 +167,8 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
     runs = expand_runs(spec)
     for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
         datasets.check_files(kind, path)  # before anything runs or is written
+    for data in {r.data for r in runs if r.data.from_table}:
+        check_table_rows(data)
     families = []
     valleys = spec.measure.valleys
     together = None if valleys is None else (lambda run: pair_group(run, valleys.pairs))

@@ -161,6 +161,9 @@ class DataSpec:
     # Directory of the files of "mnist", "fashion-mnist" (IDX files) or "cifar10" (the
     # python pickle batches); nothing is downloaded.
     path: str = field(default="", metadata={"omit_default": True})
+    # lp-regression read from a table file at `path` (.csv or .parquet): the target column;
+    # the other numeric columns are the features.
+    target_column: str = field(default="", metadata={"omit_default": True})
     # lp-regression: the loss is (1/n) sum |x^T w - y|^p / p (Arora, Cohen & Hazan 2018).
     p: int = field(default=2, metadata={"omit_default": True})
     # lp-regression: ratio of the largest to the smallest input feature scale.
@@ -204,13 +207,24 @@ class DataSpec:
                 _require(self.n_test <= real.test, "n_test", f"at most {real.test}", self.n_test)
         if self.kind.reads_files:
             _require(bool(self.path), "path", f"the directory holding the {self.kind.value} files", self.path)
+        if self.kind is DataKind.LP_REGRESSION and self.path:
+            _require(bool(self.target_column), "target_column", "the name of the target column of data.path",
+                     self.target_column)
         if self.kind in (DataKind.LINEAR_TEACHER, DataKind.LP_REGRESSION):
             _require(self.output_dim == 1, "output_dim", f"1 for {self.kind.value}", self.output_dim)
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
     @property
+    def from_table(self) -> bool:
+        """lp-regression read from a table file rather than drawn."""
+        return self.kind is DataKind.LP_REGRESSION and bool(self.path)
+
+    @property
     def n_inputs(self) -> int:
         """Width of the student's input."""
+        if self.from_table:
+            from core.datasets.table import read_table  # reads the file (cached) for its width
+            return len(read_table(self.path, self.target_column).features)
         return REAL_DATA[self.kind].inputs if self.kind.is_real else self.input_dim
 
     @property
@@ -580,7 +594,7 @@ class RunSpec:
         accelerating = self.experiment is Experiment.ACCELERATION
         only_if = {
             ("data", "p"): kind is DataKind.LP_REGRESSION,
-            ("data", "condition"): kind is DataKind.LP_REGRESSION,
+            ("data", "condition"): kind is DataKind.LP_REGRESSION and not self.data.from_table,
             ("model", "overparam"): accelerating and depth >= 2,
             ("model", "init"): not (accelerating and depth == 1),  # plain w starts at w0 either way
             ("model", "imbalance"): self.experiment is Experiment.LINEAR_DYNAMICS and depth >= 2,
@@ -589,15 +603,16 @@ class RunSpec:
             ("train", "lr_grid"): accelerating,
             ("train", "lr_range"): accelerating and isinstance(self.train.lr_grid, int),
             ("train", "target"): accelerating,
-            ("data", "input_dim"): not kind.is_real,
-            ("data", "path"): kind.reads_files,
+            ("data", "input_dim"): not kind.is_real and not self.data.from_table,
+            ("data", "path"): kind.reads_files or kind is DataKind.LP_REGRESSION,
+            ("data", "target_column"): self.data.from_table,
             ("train", "objective"): not kind.is_classification,
             ("data", "output_dim"): kind is DataKind.TEACHER_STUDENT,
             ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
-            ("data", "label_noise"): kind is not DataKind.LINEAR_MODES,
+            ("data", "label_noise"): kind is not DataKind.LINEAR_MODES and not self.data.from_table,
             ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
             ("train", "momentum"): optimizer is Optimizer.SGD,
             ("train", "beta1"): optimizer is Optimizer.ADAM,

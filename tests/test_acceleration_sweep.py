@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from core.accelerate import initial_factors
 from core.data import make_dataset
@@ -149,3 +150,58 @@ def test_family_of_rates_equals_each_rate_alone(tmp_path):
         steps = json.loads(both[key]["lr_steps"])["0.05"]
         assert steps is not None and steps == row["steps_to_target"]
     assert both[2, 2]["overparam"] == "scalar" and both[2, 2]["hidden_width"] == 1
+
+
+def write_table(tmp_path, rows=120, kind="csv"):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4)) * np.array([1.0, 0.5, 0.2, 0.1])
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "sensor": ["s"] * rows, "c": x[:, 2], "d": x[:, 3],
+                      "conc": x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.05 * rng.normal(size=rows)})
+    path = tmp_path / f"gas.{kind}"
+    (pcsv.write_csv if kind == "csv" else pq.write_table)(table, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_lp_regression_reads_a_table_file(tmp_path, kind):
+    from core.data import make_dataset
+
+    path = write_table(tmp_path, kind=kind)
+    text = SPEC.format(name="tab", overparam="full", steps=200).replace(
+        'kind = "lp-regression"', f'kind = "lp-regression"\npath = "{path}"\ntarget_column = "conc"').replace(
+        "n_train = 128", "n_train = 80").replace("n_test = 64", "n_test = 40")
+    spec = parse_spec(text)
+    run_spec = spec.base_run()
+    assert run_spec.data.n_inputs == 4  # the numeric columns besides the target; "sensor" is text
+    data = make_dataset(run_spec.data)
+    assert data.x_train.shape == (80, 4) and data.x_test.shape == (40, 4)
+    every = torch.cat([data.x_train, data.x_test])
+    assert torch.allclose(every.mean(0), torch.zeros(4, dtype=every.dtype), atol=1e-12)  # standardised
+    results = tmp_path / "results"
+    launch(prepare(spec, results), results, LocalBackend())
+    assert len(table(results, "tab")) == 4
+
+
+def test_table_file_errors_name_the_key(tmp_path):
+    path = write_table(tmp_path, rows=50)
+    base = SPEC.format(name="tab", overparam="full", steps=10)
+
+    def plan_with(extra, sizes=("n_train = 128", "n_train = 20")):
+        text = base.replace('kind = "lp-regression"', f'kind = "lp-regression"\n{extra}').replace(*sizes)
+        return plan_sweep(parse_spec(text))
+
+    with pytest.raises(SpecError, match="data.target_column: 'nope' is not a column of .*; its columns: a, b, sensor"):
+        plan_with(f'path = "{path}"\ntarget_column = "nope"')
+    with pytest.raises(SpecError, match="data.target_column: 'sensor' in .* is not numeric"):
+        plan_with(f'path = "{path}"\ntarget_column = "sensor"')
+    with pytest.raises(SpecError, match="data.n_train: n_train \\+ n_test = 192 is more than the 50 complete rows"):
+        plan_with(f'path = "{path}"\ntarget_column = "conc"', ("n_train = 128", "n_train = 128"))
+    with pytest.raises(SpecError, match="data.path: .* is not a file"):
+        plan_with(f'path = "{tmp_path / "missing.csv"}"\ntarget_column = "conc"')
+    with pytest.raises(SpecError, match="data.target_column: expected the name of the target column"):
+        plan_with(f'path = "{path}"')
