@@ -205,3 +205,14 @@ def test_table_file_errors_name_the_key(tmp_path):
         plan_with(f'path = "{tmp_path / "missing.csv"}"\ntarget_column = "conc"')
     with pytest.raises(SpecError, match="data.target_column: expected the name of the target column"):
         plan_with(f'path = "{path}"')
+
+
+def test_adam_runs_are_compared_with_adam_at_depth_one(tmp_path):
+    results = tmp_path / "results"
+    text = SPEC.format(name="adam", overparam="full", steps=400).replace('optimizer = "gd"', 'optimizer = "adam"')
+    launch(prepare(parse_spec(text.replace("target = 1e-5", "target = 1e-2")), results), results, LocalBackend())
+    rows = table(results, "adam")
+    assert {r["optimizer"] for r in rows} == {"adam"} and len(rows) == 4
+    for r in rows:
+        assert r["reached"] and r["depth1_steps"] is not None
+        assert r["ratio_vs_depth1"] == pytest.approx(r["depth1_steps"] / r["steps_to_target"])
