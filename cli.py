@@ -261,6 +261,24 @@ def query(
 
 
 @app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="The sweep to draw.", show_default=False)],
+    results: Results = Path("results"),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for index.html and the figures (default: reports/NAME).")] = None,
+) -> None:
+    """Draw the sweep's canonical figures into one HTML page with PNGs.
+
+    Example: theoryscope report quickstart --out reports/quickstart
+    """
+    from sweeps.report import build_report  # matplotlib loads only for reports
+
+    with user_errors():
+        made = build_report(results, name, out_dir or Path("reports") / name)
+    out.print(f"{len(made.figures)} figures: {made.page}")
+
+
+@app.command()
 def tables(results: Results = Path("results")) -> None:
     """The views you can query and their columns."""
     from rich.table import Table
