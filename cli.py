@@ -30,8 +30,12 @@ from sweeps.spec import Choice
 from sweeps.status import sweep_status
 
 app = typer.Typer(
-    name="theoryscope", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Train families of nets across a grid on Ray, measure them, and query the results with SQL.",
+    name="theoryscope", add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Train families of nets across a grid on Ray, measure them, and query the results with SQL.\n\n"
+         "Example: theoryscope launch examples/quickstart.toml && theoryscope query \"SELECT depth, "
+         "avg(test_loss) FROM runs GROUP BY depth\"",
+    epilog="Exit codes: 0 done; 1 bad input, refused SQL, missing sweep or failed runs; 2 bad command "
+           "line; 130 interrupted (resumable).",
 )
 out = Console()
 err = Console(stderr=True)
@@ -54,6 +58,22 @@ Address = Annotated[Optional[str], typer.Option(
 Backend = Annotated[BackendName, typer.Option(
     "--backend", help="ray: one Ray task per family; local: in this process, one family at a time.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")]
+AsJson = Annotated[bool, typer.Option("--json", help="No progress; one JSON summary on stdout at the end.")]
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from sweeps.version import code_version
+
+        out.print(code_version(), highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Train families of nets across a grid on Ray, measure them, and query the results with SQL."""
 
 
 def say_error(message: str) -> None:
@@ -102,7 +122,7 @@ def report_debris(results: Path) -> None:
              "(launch or resume removes them): " + ", ".join(map(str, (found.damaged + found.leftovers)[:5])))
 
 
-@app.command()
+@app.command(epilog="Example: theoryscope plan examples/quickstart.toml")
 def plan(spec: SpecPath) -> None:
     """Dry run: the runs, families and resources a spec would use. Runs nothing."""
     with user_errors():
@@ -110,7 +130,8 @@ def plan(spec: SpecPath) -> None:
     out.print(plan_view(the_plan), highlight=False)
 
 
-@app.command()
+@app.command(epilog="Examples: theoryscope launch examples/quickstart.toml  ·  theoryscope launch spec.toml "
+                     "--address ray://head:10001 --results /shared/results  ·  theoryscope launch spec.toml --json")
 def launch(
     spec: SpecPath,
     results: Results = Path("results"),
@@ -121,51 +142,77 @@ def launch(
         "--force-new", help="If the name is taken by a different spec, launch under a new name derived from "
                             "this spec, keeping the old results apart.")] = False,
     retry_failed: RetryFailed = False,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
-    """Run a sweep: every family as a Ray task, results into Parquet. Runs already in the
-    results are not run again, so launching the same spec again resumes it."""
+    """Run a sweep: every family as a Ray task, results into Parquet.
+
+    Runs already in the results are not run again, so launching the same spec again
+    resumes it."""
     with user_errors():
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
         the_plan = prepare(sweep_spec, results, name, force_new=force_new, retry_failed=retry_failed)
         if the_plan.sweep != (name or sweep_spec.name):
-            out.print(f"the name {name or sweep_spec.name!r} is taken by a different spec: launching as "
-                      f"{the_plan.sweep!r}", highlight=False)
-    execute(the_plan, results, address, backend)
+            say(f"the name {name or sweep_spec.name!r} is taken by a different spec: launching as "
+                f"{the_plan.sweep!r}", quiet or as_json)
+    execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
 
 
-@app.command()
+@app.command(epilog="Example: theoryscope resume quickstart --retry-failed")
 def resume(
     name: Annotated[str, typer.Argument(help="The sweep to finish.", show_default=False)],
     results: Results = Path("results"),
     address: Address = None,
     backend: Backend = BackendName.RAY,
     retry_failed: RetryFailed = False,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
-    """Finish a sweep from its stored spec: run every planned run that is not in the
-    results yet (and the failed ones with --retry-failed)."""
+    """Finish a sweep from its stored spec.
+
+    Runs every planned run that is not in the results yet (and the failed ones with
+    --retry-failed)."""
     with user_errors():
         the_plan = prepare_resume(results, name, retry_failed=retry_failed)
-    execute(the_plan, results, address, backend)
+    execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
 
 
-def execute(the_plan: Plan, results: Path, address: str | None, backend: BackendName) -> None:
+class Mode(Choice):
+    """How much ``launch``/``resume`` print: everything, errors only, or errors and JSON."""
+
+    NORMAL = "normal"
+    QUIET = "quiet"
+    JSON = "json"
+
+    @classmethod
+    def of(cls, quiet: bool, as_json: bool) -> Mode:
+        return cls.JSON if as_json else cls.QUIET if quiet else cls.NORMAL
+
+
+def say(message: str, silent: bool) -> None:
+    if not silent:
+        out.print(message, highlight=False)
+
+
+def execute(the_plan: Plan, results: Path, address: str | None, backend: BackendName,
+            mode: Mode = Mode.NORMAL) -> None:
     """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably."""
+    silent = mode is not Mode.NORMAL
     with user_errors():
         runner = make_backend(backend, address)
         total = sum(f.size for f in the_plan.families)
-        out.print(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
-                  f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
-                  highlight=False)
+        say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
+            f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)", silent)
         if not the_plan.families:
-            out.print("nothing to run: every planned run is in the results already")
+            say("nothing to run: every planned run is in the results already", silent)
         summary: LaunchSummary | None = None
         with ctrl_c_stops_the_sweep():
             try:
                 if the_plan.families:
                     runner.start(the_plan.spec.resources)
-                with SweepProgress(the_plan, out) as progress:
+                with SweepProgress(the_plan, out, enabled=not silent) as progress:
                     summary = run_plan(the_plan, results, runner, on_done=progress.advance)
             except KeyboardInterrupt:
                 say_error("interrupted: finished families are kept, running ones were cancelled")
@@ -181,7 +228,10 @@ def execute(the_plan: Plan, results: Path, address: str | None, backend: Backend
     if summary.removed:
         warn(f"removed {len(summary.removed)} damaged or leftover files of earlier interruptions: "
              + ", ".join(map(str, summary.removed[:5])))
-    out.print(summary_view(summary), highlight=False)
+    if mode is Mode.JSON:
+        sys.stdout.write(json.dumps(summary_json(summary), indent=2) + "\n")
+    elif mode is Mode.NORMAL:
+        out.print(summary_view(summary), highlight=False)
     for outcome in summary.outcomes:
         if outcome.error:
             err.print(f"family {outcome.family_id} failed: {outcome.error}", highlight=False, markup=False)
@@ -190,6 +240,13 @@ def execute(the_plan: Plan, results: Path, address: str | None, backend: Backend
                   f"\"SELECT run_id, error FROM runs WHERE status = 'failed'\"; run them again with: "
                   f"{resume_command(the_plan.sweep, results, address, backend)} --retry-failed")
         raise typer.Exit(1)
+
+
+def summary_json(summary: LaunchSummary) -> dict:
+    return {"sweep": summary.sweep, "results": str(Path(summary.results).resolve()), "planned": summary.planned,
+            "already_done": summary.already_done, "families": summary.families,
+            "ran": summary.total("n_runs"), "ok": summary.total("n_ok"), "diverged": summary.total("n_diverged"),
+            "failed": summary.total("n_failed"), "wall_seconds": round(summary.wall_seconds, 3)}
 
 
 def resume_command(sweep: str, results: Path, address: str | None, backend: BackendName) -> str:
@@ -201,14 +258,15 @@ def resume_command(sweep: str, results: Path, address: str | None, backend: Back
     return shlex.join(words)
 
 
-@app.command()
+@app.command(epilog="Examples: theoryscope status  ·  theoryscope status quickstart --json")
 def status(
     name: Annotated[Optional[str], typer.Argument(help="One sweep (default: all).", show_default=False)] = None,
     results: Results = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per sweep: planned, done, ok, diverged, failed and remaining runs, and when it last
-    progressed."""
+    """Per sweep: planned, done, ok, diverged, failed and remaining runs.
+
+    Also when each sweep last progressed, and the command that finishes it."""
     with user_errors():
         statuses = sweep_status(results, name)
     if as_json:
@@ -226,7 +284,8 @@ def status(
                       + f"; finish with: {hint}" + (" --retry-failed" if s.failed else ""), highlight=False)
 
 
-@app.command()
+@app.command(epilog="Examples: theoryscope query \"SELECT depth, avg(test_loss) FROM runs GROUP BY depth\"  ·  "
+                     "theoryscope query \"SELECT * FROM curves\" --format parquet --out curves.parquet")
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views runs, curves, sweeps.", show_default=False)],
     results: Results = Path("results"),
@@ -235,8 +294,9 @@ def query(
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Stop the query after this many seconds.")]
     = DEFAULT_TIMEOUT,
 ) -> None:
-    """Run one read-only SQL statement (DuckDB) over the results. Files outside the
-    results directory, extensions and settings are out of its reach."""
+    """Run one read-only SQL statement (DuckDB) over the results.
+
+    Files outside the results directory, extensions and settings are out of its reach."""
     with user_errors():
         if fmt is Format.PARQUET and out_file is None:
             raise TheoryscopeError("--format parquet needs --out FILE")
@@ -260,17 +320,14 @@ def query(
             sys.stdout.write(text)
 
 
-@app.command()
+@app.command(epilog="Example: theoryscope report quickstart --out reports/quickstart")
 def report(
     name: Annotated[str, typer.Argument(help="The sweep to draw.", show_default=False)],
     results: Results = Path("results"),
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Folder for index.html and the figures (default: reports/NAME).")] = None,
 ) -> None:
-    """Draw the sweep's canonical figures into one HTML page with PNGs.
-
-    Example: theoryscope report quickstart --out reports/quickstart
-    """
+    """Draw the sweep's canonical figures into one HTML page with PNGs."""
     from sweeps.report import build_report  # matplotlib loads only for reports
 
     with user_errors():
@@ -278,7 +335,7 @@ def report(
     out.print(f"{len(made.figures)} figures: {made.page}")
 
 
-@app.command()
+@app.command(epilog="Example: theoryscope tables --results results")
 def tables(results: Results = Path("results")) -> None:
     """The views you can query and their columns."""
     from rich.table import Table

@@ -14,7 +14,8 @@ from sweeps.plan import Plan
 class SweepProgress:
     """Context manager; ``advance`` is the ``on_done`` callback of ``sweeps.launch``."""
 
-    def __init__(self, plan: Plan, console: Console):
+    def __init__(self, plan: Plan, console: Console, enabled: bool = True):
+        self.enabled = enabled
         self.families_total = len(plan.families)
         self.runs_total = sum(f.size for f in plan.families)
         self.families_done = 0
@@ -47,8 +48,10 @@ class SweepProgress:
                              rate=f"{done / elapsed:.1f} runs/s")
 
     def __enter__(self) -> SweepProgress:
-        self.progress.start()
+        if self.enabled:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.enabled:
+            self.progress.stop()

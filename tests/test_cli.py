@@ -232,3 +232,34 @@ def test_the_first_ctrl_c_interrupts_and_the_second_exits_at_once(monkeypatch):
         handler(signal.SIGINT, None)
     assert exits == [130]
     assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_every_command_shows_an_example_in_its_help():
+    for command in ("plan", "launch", "resume", "status", "query", "report", "tables"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+    top = invoke("--help")
+    assert "Exit codes" in top.output and "Example" in top.output
+
+
+def test_version_names_the_code():
+    from sweeps.version import code_version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == code_version()
+
+
+def test_launch_json_prints_one_summary_and_no_progress(spec, tmp_path):
+    result = invoke("launch", spec, "--results", tmp_path / "r", "--backend", "local", "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    assert summary["sweep"] == "small" and summary["planned"] == 8 and summary["ok"] + summary["diverged"] == 8
+    assert summary["ran"] == 8 and summary["failed"] == 0
+    again = json.loads(invoke("resume", "small", "--results", tmp_path / "r", "--backend", "local",
+                              "--json").output)
+    assert again["already_done"] == 8 and again["ran"] == 0
+
+
+def test_launch_quiet_prints_nothing(spec, tmp_path):
+    result = invoke("launch", spec, "--results", tmp_path / "r", "--backend", "local", "--quiet")
+    assert result.exit_code == 0 and result.output == ""
