@@ -252,9 +252,11 @@ class ModelSpec:
     bias: bool = False
     # "default": PyTorch's nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
     # and biases, times init_scale. "gaussian": weights N(0, (init_scale/sqrt(fan_in))^2),
-    # biases zero. Experiment "acceleration": the end-to-end vector starts at
-    # w0 = init_scale g / sqrt(d), g ~ N(0, I) from the run's seed, the same at every
-    # depth; "balanced" factors it into balanced factors, "identity" into w0 and identities.
+    # biases zero. Experiments "acceleration" and "linear-dynamics": the end-to-end map
+    # starts at W0 = init_scale G / sqrt(d), G ~ N(0, I) from the run's seed, the same at
+    # every depth; "balanced" factors it into balanced factors, "identity" into W0 and
+    # identities; "decoupled" (linear-modes data) starts from W0 = init_scale U V^T on the
+    # target's singular vectors, in balanced factors.
     init: Init = Init.DEFAULT
     # Multiplies the init. 0 gives zero init, allowed at depth 1 only (a deeper net,
     # linear or not, would sit on a saddle where every gradient vanishes).
@@ -553,6 +555,7 @@ class RunSpec:
             for name, ok, expected, got in needs:
                 if not ok:
                     raise FieldError(name, f'{expected} for experiment = "linear-dynamics"', got)
+            self._check_factor_width()
             return
         if self.data.kind is DataKind.LINEAR_MODES and self.experiment is not Experiment.LINEAR_DYNAMICS:
             raise FieldError("data.kind", 'a kind other than "linear-modes" (it needs experiment = '
@@ -583,6 +586,20 @@ class RunSpec:
         for name, ok, expected, got in needs:
             if not ok:
                 raise FieldError(name, f'{expected} for experiment = "acceleration"', got)
+
+    def _check_factor_width(self) -> None:
+        """The hidden width must hold the rank of the end-to-end start W0."""
+        if self.model.depth < 2:
+            return
+        d, o = self.data.n_inputs, self.data.n_outputs
+        needed, why = {
+            Init.DECOUPLED: (len(self.data.singular_values), "the target's modes"),
+            Init.BALANCED: (min(d, o), "the rank of a random end-to-end start"),
+            Init.IDENTITY: (o, "the outputs"),
+        }[self.model.init]
+        if self.model.width < needed:
+            raise FieldError("model.width", f"at least {needed} ({why}) for init = {self.model.init.value!r}",
+                             self.model.width)
 
     def applies(self, section: str, name: str) -> bool:
         """Whether a field can affect this run. Fields that cannot (width at depth 1,

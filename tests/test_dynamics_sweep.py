@@ -100,6 +100,7 @@ def test_crossing_step_interpolates():
     (('kind = "linear"', 'kind = "mlp"'), 'model.kind: expected "linear" for experiment = "linear-dynamics"'),
     (('init = "decoupled"', 'init = "default"'), 'model.init: expected "balanced" | "identity" | "decoupled"'),
     (('kind = "linear-modes"', 'kind = "teacher-student"'), 'model.init: expected "balanced" | "identity" unless'),
+    (("width = 6", "width = 2"), "model.width: expected at least 3 \\(the target's modes\\)"),
 ])
 def test_linear_dynamics_spec_errors(replace, message):
     with pytest.raises(SpecError, match=message.replace("|", r"\|")):
