@@ -127,8 +127,15 @@ def train_acceleration(runs: Sequence[RunSpec], device: torch.device) -> Acceler
 
 
 def _summarize(runs, rates, lrs, data, losses, test_losses, diverged, weights, log_steps, wall, device):
+    """Per run: L*, which rates were stable, when each reached the target, which rate is
+    reported; the reported members' curves and weights as a ``FamilyResult``."""
     r_count = len(runs)
-    optimum = np.array([_optimum(r, data.x_train[i], data.y_train[i]) for i, r in enumerate(runs)])
+    optima: dict = {}  # runs with the same data share L*
+    for i, r in enumerate(runs):
+        if r.data not in optima:
+            optima[r.data] = lp_optimum(data.x_train[i].double().cpu(), data.y_train[i].double().cpu().view(-1),
+                                        r.data.p)[1]
+    optimum = np.array([optima[r.data] for r in runs])
     host = losses.double().cpu()
     initial = host[0].view(r_count, rates)[:, 0].numpy()
     final = host[-1].view(r_count, rates).numpy()
@@ -150,10 +157,6 @@ def _summarize(runs, rates, lrs, data, losses, test_losses, diverged, weights, l
     )
     return AccelerationResult(family, np.asarray(lrs, dtype=np.float64), reached_at, stable, chosen, optimum,
                               initial, final)
-
-
-def _optimum(run: RunSpec, x: torch.Tensor, y: torch.Tensor) -> float:
-    return lp_optimum(x.double().cpu(), y.double().cpu().view(-1), run.data.p)[1]
 
 
 def _choose(reached_at: np.ndarray, stable: np.ndarray, final: np.ndarray) -> int:

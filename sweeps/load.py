@@ -98,6 +98,11 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
         raise SpecError(str(exc)) from None
     grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
     _check_pairs(spec_wo_grid.measure.valleys, grid)
+    if spec_wo_grid.experiment is not Experiment.TRAIN:
+        for measure in dataclasses.fields(MeasureSpec):
+            if getattr(spec_wo_grid.measure, measure.name) is not None:
+                raise SpecError(f"measure.{measure.name}: measures apply to experiment = \"train\"; "
+                                f"{spec_wo_grid.experiment.value!r} writes its own tables")
     return dataclasses.replace(spec_wo_grid, grid=grid)
 
 

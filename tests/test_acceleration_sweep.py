@@ -216,3 +216,9 @@ def test_adam_runs_are_compared_with_adam_at_depth_one(tmp_path):
     for r in rows:
         assert r["reached"] and r["depth1_steps"] is not None
         assert r["ratio_vs_depth1"] == pytest.approx(r["depth1_steps"] / r["steps_to_target"])
+
+
+def test_measures_are_refused_outside_experiment_train():
+    text = SPEC.format(name="m", overparam="full", steps=10) + "\n[measure]\ncushions = true\n"
+    with pytest.raises(SpecError, match='measure.cushions: measures apply to experiment = "train"'):
+        parse_spec(text)

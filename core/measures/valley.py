@@ -87,8 +87,7 @@ def string_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, beads: i
     step at which a pair stopped because a bead's loss was no longer finite (its last
     finite string is kept), or -1.
     """
-    _check_positive(beads=beads, steps=steps, refine=refine)
-    _check_positive(restarts=restarts)
+    _check_positive(beads=beads, steps=steps, refine=refine, restarts=restarts)
     a, b, single = _pairs(theta_a, theta_b)
     loss = _batch_loss(loss_fn, batched, restarts)
     seeds = _seeds(seed, a.shape[0])
@@ -116,13 +115,13 @@ def bezier_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, *, steps
     steps, each on the mean loss at ``samples`` values of t (stratified draws from U[0, 1]),
     and measure the loss at ``points`` evenly spaced values of t.
 
-    ``restarts`` works as in ``string_barrier``. Returns the keys of ``string_barrier``; ``path`` is the curve at those ``points``,
-    ``beads`` is 1 (the control point), ``t`` is the curve parameter.
+    ``restarts`` works as in ``string_barrier``. Returns the keys of ``string_barrier``;
+    ``path`` is the curve at those ``points``, ``beads`` is 1 (the control point), ``t`` is
+    the curve parameter.
     """
-    _check_positive(steps=steps, samples=samples)
+    _check_positive(steps=steps, samples=samples, restarts=restarts)
     if points < 3:
         raise ValueError(f"points: expected an integer >= 3, got {points}")
-    _check_positive(restarts=restarts)
     a, b, single = _pairs(theta_a, theta_b)
     loss = _batch_loss(loss_fn, batched, restarts)
     seeds = _seeds(seed, a.shape[0])
