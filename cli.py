@@ -258,6 +258,39 @@ def resume_command(sweep: str, results: Path, address: str | None, backend: Back
     return shlex.join(words)
 
 
+@app.command(epilog="Example: theoryscope submit examples/quickstart.toml --to http://HEAD:8265 "
+                     "--results /shared/results --wait")
+def submit(
+    spec: SpecPath,
+    to: Annotated[str, typer.Option("--to", help="The cluster's dashboard (Ray Jobs) address, "
+                                                 "e.g. http://HEAD:8265.", show_default=False)],
+    results: Annotated[Path, typer.Option(
+        "--results", envvar="THEORYSCOPE_RESULTS",
+        help="Results directory as the cluster sees it: a shared path (env THEORYSCOPE_RESULTS).")] = Path("results"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the spec's name).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 if it failed.")] = False,
+) -> None:
+    """Submit a sweep as a Ray Job: the driver runs on the cluster, the laptop may disconnect."""
+    from sweeps.submit import submit_sweep, wait_for
+
+    with user_errors():
+        sweep_spec = load_spec(spec)
+        sweep = check_name(name, "--name") if name else sweep_spec.name
+        plan_sweep(sweep_spec, sweep)  # every error the cluster would meet, here first
+        where = str(results) if results.is_absolute() else str(results.resolve())
+        submitted = submit_sweep(sweep_spec.source, sweep, where, to)
+    out.print(f"submitted sweep {sweep} as Ray job {submitted.job_id} to {to}; results in {where}", highlight=False)
+    out.print(f"follow it with: theoryscope status {shlex.quote(sweep)} --results {shlex.quote(where)}",
+              highlight=False)
+    if wait:
+        with user_errors():
+            status, logs = wait_for(submitted)
+        out.print(f"job {submitted.job_id}: {status}", highlight=False)
+        if status != "SUCCEEDED":
+            err.print(logs[-3000:], highlight=False, markup=False)
+            raise typer.Exit(1)
+
+
 @app.command(epilog="Examples: theoryscope status  ·  theoryscope status quickstart --json")
 def status(
     name: Annotated[Optional[str], typer.Argument(help="One sweep (default: all).", show_default=False)] = None,
