@@ -6,8 +6,7 @@ matrices or a vector times scalars (Arora, Cohen & Hazan 2018). Its ``train.lr_g
 adds one member per rate; all members of all runs of a family train as one stacked deep
 linear net, with the loss (1/n) sum |x^T w - y|^p / p, each member with its own p, data,
 rate and init. Every run starts from the same end-to-end vector w0 at every depth
-(``model.init``: balanced factors or identities around it), so depths are compared from
-one starting point, as in the paper.
+(``core.linear_start``), so depths are compared from one starting point, as in the paper.
 
 The loss of every member is kept at every step, on the device (one number per member
 and step), because the time to reach a target loss is counted in steps. Per run, the
@@ -20,7 +19,7 @@ with the lowest final loss.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 
 from core import models
-from core.measures.acceleration import balanced_factors, identity_factors, lp_optimum, steps_to_target
-from core.optim import Hyper, StackedOptimizer
-from core.seeding import generator
+from core.linear_start import initial_factors
+from core.measures.acceleration import lp_optimum, steps_to_target
+from core.optim import StackedOptimizer
 from core.train import DTYPES, FamilyResult, describe_device, member_hyper, stack_data
-from sweeps.spec import Init, RunSpec
+from sweeps.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -48,22 +47,6 @@ class AccelerationResult:
     optimum: np.ndarray         # [R] L*
     initial_loss: np.ndarray    # [R] L_0 (the same for every rate)
     final_loss: np.ndarray      # [R, G]
-
-
-def initial_end_to_end(run: RunSpec, dtype: torch.dtype) -> torch.Tensor:
-    """w0 = init_scale g / sqrt(d), g ~ N(0, I_d) from the run's seed, as a ``[1, d]`` row:
-    the same for every depth and overparameterization of the run's seed."""
-    d = run.data.n_inputs
-    g = torch.randn(d, generator=generator(run.seed, "init"), dtype=torch.float64)
-    return (run.model.init_scale * g / math.sqrt(d)).view(1, d).to(dtype)
-
-
-def initial_factors(run: RunSpec) -> list[torch.Tensor]:
-    """The run's factors W_1 ... W_N (float64, CPU) around w0."""
-    w0 = initial_end_to_end(run, torch.float64)
-    model = run.model
-    factor = balanced_factors if model.init is Init.BALANCED else identity_factors
-    return factor(w0, model.depth, model.hidden_width)
 
 
 def train_acceleration(runs: Sequence[RunSpec], device: torch.device) -> AccelerationResult:
@@ -84,8 +67,8 @@ def train_acceleration(runs: Sequence[RunSpec], device: torch.device) -> Acceler
                for layer in zip(*(initial_factors(r) for r in runs))]
     weights = [per_member(w).contiguous() for w in factors]
     hyper = member_hyper(runs, dtype, device)
-    hyper = Hyper(torch.tensor([v for r in lrs for v in r], dtype=dtype, device=device),
-                  *(per_member(getattr(hyper, f)) for f in ("momentum", "weight_decay", "beta1", "beta2", "eps")))
+    hyper = dataclasses.replace(hyper.map(per_member),
+                                lr=torch.tensor([v for r in lrs for v in r], dtype=dtype, device=device))
     optimizer = StackedOptimizer(first.train.optimizer, hyper, weights)
     params = models.Params(weights, None)
 

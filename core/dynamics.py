@@ -11,11 +11,8 @@ agreement degrades with the rate and with imbalance (``model.imbalance``).
 On linear-modes data the strength u_a(t) = u_a^T W_e(t) v_a of every target mode is kept
 at every step, for Saxe et al.'s timing of sigmoidal mode learning.
 
-Every run's end-to-end start W_0 comes from its seed (``model.init``): "balanced" and
-"identity" start from W_0 = init_scale G / sqrt(d), G ~ N(0, I), in balanced factors or
-in W_1 with identities after it; "decoupled" starts from W_0 = init_scale U V^T on the
-target's singular vectors (every mode at strength init_scale), in balanced factors:
-Saxe et al.'s small decoupled initial condition.
+Every run's start comes from ``core.linear_start``; "decoupled" (every target mode at
+strength init_scale, balanced) is Saxe et al.'s small decoupled initial condition.
 """
 
 from __future__ import annotations
@@ -31,10 +28,10 @@ import torch
 
 from core import models
 from core.data import linear_modes_target
-from core.measures.acceleration import balanced_factors, end_to_end_update, identity_factors, product
-from core.seeding import generator
+from core.linear_start import initial_factors
+from core.measures.acceleration import end_to_end_update, product
 from core.train import FamilyResult, FamilyTraining, member_losses
-from sweeps.spec import DataKind, Init, Objective, RunSpec
+from sweeps.spec import DataKind, Objective, RunSpec
 
 
 @dataclass(frozen=True)
@@ -42,24 +39,6 @@ class DynamicsResult:
     family: FamilyResult          # curves with rule_deviation, final weights
     strengths: np.ndarray | None  # [steps + 1, F, k] mode strengths (linear-modes data), else None
     time_per_step: np.ndarray     # [F] Saxe's time units (tau = 1) per GD step
-
-
-def initial_factors(run: RunSpec) -> list[torch.Tensor]:
-    """The run's factors W_1 ... W_N (float64, CPU), imbalance applied."""
-    d, o = run.data.n_inputs, run.data.n_outputs
-    model = run.model
-    if model.init is Init.DECOUPLED:
-        u, _, v = linear_modes_target(run.data)
-        w0 = model.init_scale * u @ v.T
-    else:
-        g = torch.randn(o, d, generator=generator(run.seed, "init"), dtype=torch.float64)
-        w0 = model.init_scale * g / math.sqrt(d)
-    factor = identity_factors if model.init is Init.IDENTITY else balanced_factors
-    factors = factor(w0, model.depth, model.width)
-    if model.depth > 1 and model.imbalance:
-        factors[0] = factors[0] * (1 + model.imbalance)
-        factors[-1] = factors[-1] / (1 + model.imbalance)
-    return factors
 
 
 def time_per_step(run: RunSpec) -> float:

@@ -6,6 +6,13 @@ The CLI prints ``str(error)`` as one line and exits non-zero; anything that is n
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for
+    one-line errors that wrap another library's."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TheoryscopeError(Exception):
     """Base class: an error the user can act on."""
 

@@ -8,6 +8,8 @@ gradient as PyTorch does. Members that are not ``active`` (diverged) are left un
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,10 @@ class Hyper:
     beta1: torch.Tensor
     beta2: torch.Tensor
     eps: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Hyper:
+        """The same settings with ``fn`` applied to each (e.g. repeated per member)."""
+        return Hyper(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
 
 def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from core.errors import QueryError
+from core.errors import QueryError, first_line
 from storage.parquet import Scan, scan
 from storage.schemas import TABLES
 
@@ -33,14 +33,15 @@ def _duckdb_type(t: pa.DataType) -> str:
     return _DUCKDB_TYPES[t]
 
 
-def _quote(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
 def view_sql(results: Path, table: str) -> str:
     files = scan(results, table).complete
     if files:
-        listed = ", ".join(_quote(str(p)) for p in files)
+        listed = ", ".join(sql_string(str(p)) for p in files)
         return (f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
                 f"union_by_name = true, hive_types = {{'sweep': 'VARCHAR'}})")
     columns = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in TABLES[table])
@@ -121,11 +122,6 @@ MEMORY_LIMIT = "4GB"
 THREADS = 2
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_read_only(sql: str) -> None:
     """Accept one read statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, FROM);
     refuse everything else (COPY, ATTACH, INSTALL/LOAD, SET/RESET, PRAGMA, CALL, CREATE,
@@ -135,7 +131,7 @@ def check_read_only(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(f"query failed: {_first_line(exc)}") from None
+        raise QueryError(f"query failed: {first_line(exc)}") from None
     if len(statements) != 1:
         raise QueryError(f"query refused: one statement at a time, got {len(statements)}")
     kind = statements[0].type
@@ -150,9 +146,9 @@ def lock_down(con: duckdb.DuckDBPyConnection, results: Path, memory_limit: str =
     """After the views exist: files only under ``results``, no extensions fetched or
     loaded, bounded memory and threads, and settings locked so SQL cannot undo any of it."""
     root = str(Path(results).resolve()) + "/"
-    for setting in (f"allowed_directories = [{_quote(root)}]", "enable_external_access = false",
+    for setting in (f"allowed_directories = [{sql_string(root)}]", "enable_external_access = false",
                     "autoinstall_known_extensions = false", "autoload_known_extensions = false",
-                    f"memory_limit = {_quote(memory_limit)}", f"threads = {threads}", "lock_configuration = true"):
+                    f"memory_limit = {sql_string(memory_limit)}", f"threads = {threads}", "lock_configuration = true"):
         con.execute(f"SET {setting}")
 
 
@@ -172,7 +168,7 @@ def run_query(results: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.T
     except duckdb.InterruptException:
         raise QueryError(f"query stopped after {timeout:g} s (--timeout)") from None
     except duckdb.Error as exc:
-        raise QueryError(f"query failed: {_first_line(exc)}") from None
+        raise QueryError(f"query failed: {first_line(exc)}") from None
     finally:
         timer.cancel()
         con.close()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from core.accelerate import AccelerationResult
 from storage import schemas
+from sweeps.records import nullable
 from sweeps.spec import RunSpec
 
 
@@ -44,14 +44,10 @@ def acceleration_table(sweep: str, runs: Sequence[RunSpec], result: Acceleration
             "init": run.model.init.value if depth > 1 else None,
             "optimizer": run.train.optimizer.value, "condition": run.data.condition, "seed": run.seed,
             "target": run.train.target, "train_steps": run.train.steps, "optimum_loss": optimum, "initial_loss": initial,
-            "final_loss": _finite(result.final_loss[i, g]),
+            "final_loss": nullable(result.final_loss[i, g]),
             "lrs_tried": int(result.lrs.shape[1]), "lrs_stable": int(result.stable[i].sum()),
             "lr_steps": json.dumps({f"{lr:.6g}": (int(s) if s >= 0 else None)
                                     for lr, s in zip(result.lrs[i], result.steps[i])}),
             "baseline_key": baseline_key(run),
         })
     return pa.Table.from_pylist(rows, schema=schemas.ACCELERATION)
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None

@@ -23,6 +23,7 @@ from core.measures.cushion import (
 from core.seeding import generator
 from core.train import FamilyResult, member_losses
 from storage import schemas
+from sweeps.records import nullable
 from sweeps.spec import CushionSpec, MeasureSpec, RunSpec, Samples
 from sweeps.valleys import valley_tables
 
@@ -50,10 +51,6 @@ def measure_family(measure: MeasureSpec, sweep: str, runs: Sequence[RunSpec],
 
 def _host(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
-
-
-def _value(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None  # a diverged member's NaN is NULL
 
 
 def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
@@ -94,12 +91,12 @@ def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
             for layer in range(1, depth + 1):
                 row = {"sweep": sweep, "run_id": run.run_id, "step": step, "layer": layer,
                        "fan_in": w[layer - 1].shape[-1], "fan_out": w[layer - 1].shape[-2]}
-                row |= {k: _value(v[f, layer - 1]) for k, v in columns.items()}
-                row |= {k: _value(v[f, layer - 1]) if layer < depth else None for k, v in hidden.items()}
-                row |= {k: _value(v[f, layer - 1]) for k, v in norm_columns.items()}
+                row |= {k: nullable(v[f, layer - 1]) for k, v in columns.items()}
+                row |= {k: nullable(v[f, layer - 1]) if layer < depth else None for k, v in hidden.items()}
+                row |= {k: nullable(v[f, layer - 1]) for k, v in norm_columns.items()}
                 layer_rows.append(row)
             bound_rows.append({"sweep": sweep, "run_id": run.run_id, "step": step, "samples": x.shape[1],
-                               **{k: (_value(v[f]) if isinstance(v, np.ndarray) else v) for k, v in bound.items()}})
+                               **{k: (nullable(v[f]) if isinstance(v, np.ndarray) else v) for k, v in bound.items()}})
     return {
         "layers": pa.Table.from_pylist(layer_rows, schema=schemas.layers_schema(opts.percentiles)),
         "bounds": pa.Table.from_pylist(bound_rows, schema=schemas.BOUNDS),

@@ -85,6 +85,11 @@ def _theory(runs: Sequence[RunSpec], steps: np.ndarray) -> pa.Array:
     return pa.array(values, pa.float64())
 
 
+def nullable(x: float) -> float | None:
+    """A number for a table cell: NaN and infinities (a diverged member's) become NULL."""
+    return float(x) if np.isfinite(x) else None
+
+
 def _final(values: np.ndarray | None, member: int, frozen: np.ndarray) -> float | None:
     if values is None or frozen[-1, member]:
         return None

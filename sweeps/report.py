@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from core.errors import SweepNotFound
-from storage.query import run_query
+from storage.query import run_query, sql_string
 from sweeps.catalog import find_sweep, list_sweeps
 from sweeps.figures import FIGURES
 from sweeps.records import RENAMED
@@ -44,10 +44,6 @@ def swept_column(spec: SweepSpec) -> str:
     return RENAMED.get((section, name), name)
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def build_report(results: Path, sweep: str, out: Path) -> Report:
     record = find_sweep(results, sweep)
     if record is None:
@@ -60,7 +56,7 @@ def build_report(results: Path, sweep: str, out: Path) -> Report:
     try:
         drawn = []
         for figure in FIGURES:
-            sql = figure.sql.format(sweep=_quote(sweep), color=color)
+            sql = figure.sql.format(sweep=sql_string(sweep), color=color)
             picture = figure.draw(run_query(results, sql).to_pylist(), color)
             if picture is None:
                 continue
@@ -68,7 +64,7 @@ def build_report(results: Path, sweep: str, out: Path) -> Report:
             picture.savefig(staging / f"{figure.name}.png", dpi=110)
             plt.close(picture)
             drawn.append((figure, sql))
-        counts = run_query(results, f"SELECT status, count(*) AS n FROM runs WHERE sweep = {_quote(sweep)} "
+        counts = run_query(results, f"SELECT status, count(*) AS n FROM runs WHERE sweep = {sql_string(sweep)} "
                                     "GROUP BY status ORDER BY status").to_pylist()
         (staging / "index.html").write_text(_page(sweep, spec, record.planned_runs, counts, drawn), encoding="utf-8")
         return _publish(staging, out, [f"{f.name}.png" for f, _ in drawn])

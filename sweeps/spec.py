@@ -552,9 +552,7 @@ class RunSpec:
                  self.model.init.value),
                 ("train.optimizer", self.train.optimizer is Optimizer.GD, '"gd"', self.train.optimizer.value),
             ]
-            for name, ok, expected, got in needs:
-                if not ok:
-                    raise FieldError(name, f'{expected} for experiment = "linear-dynamics"', got)
+            _check_needs(needs, self.experiment)
             self._check_factor_width()
             return
         if self.data.kind is DataKind.LINEAR_MODES and self.experiment is not Experiment.LINEAR_DYNAMICS:
@@ -583,9 +581,7 @@ class RunSpec:
              self.train.optimizer.value),
             ("train.batch_size", self.train.batch_size == 0, "0 (full batch)", self.train.batch_size),
         ]
-        for name, ok, expected, got in needs:
-            if not ok:
-                raise FieldError(name, f'{expected} for experiment = "acceleration"', got)
+        _check_needs(needs, self.experiment)
 
     def _check_factor_width(self) -> None:
         """The hidden width must hold the rank of the end-to-end start W0."""
@@ -681,6 +677,13 @@ class SweepSpec:
 
     def base_run(self) -> RunSpec:
         return RunSpec(self.experiment, self.data, self.model, self.train, self.seed)
+
+
+def _check_needs(needs: list[tuple[str, bool, str, Any]], experiment: Experiment) -> None:
+    """Raise for the first (field, ok, expected, got) an experiment needs that is not ok."""
+    for name, ok, expected, got in needs:
+        if not ok:
+            raise FieldError(name, f'{expected} for experiment = "{experiment.value}"', got)
 
 
 def _finite(x: float) -> bool:

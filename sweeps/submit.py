@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import TheoryscopeError
+from core.errors import TheoryscopeError, first_line
 
 PROJECT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "sweeps", "storage")
@@ -70,7 +70,7 @@ def client(address: str):
     try:
         return JobSubmissionClient(address, headers=auth_headers())
     except Exception as exc:  # noqa: BLE001 - connection refused, wrong URL, missing token: one line
-        raise TheoryscopeError(f"--to {address}: cannot submit there ({_first_line(exc)})") from None
+        raise TheoryscopeError(f"--to {address}: cannot submit there ({first_line(exc)})") from None
 
 
 def submit_sweep(spec_text: str, sweep: str, results: str, address: str) -> Submitted:
@@ -90,13 +90,8 @@ def submit_sweep(spec_text: str, sweep: str, results: str, address: str) -> Subm
                 if "No available agent" in str(exc) and time.monotonic() < deadline:
                     time.sleep(2)
                     continue
-                raise TheoryscopeError(f"--to {address}: the job was refused ({_first_line(exc)})") from None
+                raise TheoryscopeError(f"--to {address}: the job was refused ({first_line(exc)})") from None
     return Submitted(job_id, sweep, results, address)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def wait_for(submitted: Submitted, poll_seconds: float = 2.0, timeout: float | None = None) -> tuple[str, str]:

@@ -10,22 +10,22 @@ read with the test loss and error at the same points.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from core import models
 from core.measures.valley import bezier_barrier, linear_barrier, polyline, segment, string_barrier
-from core.optim import Hyper
 from core.seeding import derive_seed
 from core.train import FamilyResult, StackedData, member_hyper, member_losses
 from storage import schemas
 from sweeps.pairs import paired_value, pairs_of
+from sweeps.records import nullable
 from sweeps.spec import Objective, PathMethod, RunSpec, ValleySpec
 
 # Largest number of activations (members x samples x widest layer) one evaluation holds.
@@ -113,7 +113,7 @@ def _pair_rows(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], result: Fa
     if not pairs:
         return rows
     first = runs[0]
-    device, dtype = result.data.x_train.device, result.data.x_train.dtype
+    device = result.data.x_train.device
     ends_a = torch.tensor([i for i, _ in pairs], device=device)
     ends_b = torch.tensor([j for _, j in pairs], device=device)
     scale = 1.0
@@ -141,7 +141,7 @@ def _pair_rows(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], result: Fa
     }.items()}
     stopped = stopped.cpu().numpy()
     for k, (i, j) in enumerate(pairs):
-        row = _row(opts, sweep, runs, i, j) | {name: _nullable(v[k]) for name, v in host.items()}
+        row = _row(opts, sweep, runs, i, j) | {name: nullable(v[k]) for name, v in host.items()}
         rel = host["barrier_relative"][k]
         row |= {"connected": bool(rel <= opts.tolerance) if math.isfinite(rel) else None,
                 "stopped_step": int(stopped[k]) if stopped[k] >= 0 else None,
@@ -159,8 +159,7 @@ def _path(opts: ValleySpec, land: PairLandscape, a: torch.Tensor, b: torch.Tenso
         return segment(a, b, points), 1, never
     hyper = member_hyper([runs[i] for i, _ in pairs], a.dtype, a.device)
     if opts.lr > 0:
-        hyper = Hyper(torch.full_like(hyper.lr, opts.lr), *(getattr(hyper, f) for f in
-                                                            ("momentum", "weight_decay", "beta1", "beta2", "eps")))
+        hyper = dataclasses.replace(hyper, lr=torch.full_like(hyper.lr, opts.lr))
     common = dict(steps=opts.steps, hyper=hyper, optimizer=runs[0].train.optimizer, perturbation=opts.perturbation,
                   seed=[derive_seed(opts.seed, runs[i].run_id, runs[j].run_id) for i, j in pairs],
                   restarts=opts.restarts, batched=True)
@@ -180,7 +179,3 @@ def _row(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], i: int, j: int) 
             "steps": 0 if opts.method is PathMethod.LINEAR else opts.steps,
             "lr": None if opts.method is PathMethod.LINEAR else lr, "perturbation": opts.perturbation,
             "restarts": opts.restarts, "refine": opts.refine, "tolerance": opts.tolerance}
-
-
-def _nullable(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from core.accelerate import initial_factors
+from core.linear_start import initial_factors
 from core.data import make_dataset
 from core.errors import SpecError
 from core.measures.acceleration import lp_loss, lp_optimum, product

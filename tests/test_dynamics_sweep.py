@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.data import make_dataset
-from core.dynamics import initial_factors
+from core.linear_start import initial_factors
 from core.errors import SpecError
 from core.measures.acceleration import product
 from storage.query import run_query

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.errors import SpecError
+from core.errors import SpecError, first_line
 
 
 class RegressionTable(NamedTuple):
@@ -75,6 +75,5 @@ def _load(path: str) -> pa.Table:
         import pyarrow.csv as pcsv
         return pcsv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"data.path: cannot read {path} as a {'Parquet' if path.endswith('.parquet') else 'CSV'} "
-                        f"table ({first})") from None
+                        f"table ({first_line(exc)})") from None

@@ -230,11 +230,12 @@ def _descend(objective: Callable[[Tensor], Tensor], start: Tensor, steps: int, h
             last_good.copy_(points)
         if grad is None:
             break
-        optimizer.step([points], [grad], active.repeat_interleave(k))
+        moving = active.repeat_interleave(k)  # per point: whether its pair still relaxes
+        optimizer.step([points], [grad], moving)
         if after_step is not None:
             with torch.no_grad():
                 moved = after_step(points.view(p, k, d)).reshape(p * k, d)
-                points.copy_(torch.where(active.repeat_interleave(k).unsqueeze(1), moved, points))
+                points.copy_(torch.where(moving.unsqueeze(1), moved, points))
     return points.detach().view(p, k, d), stopped
 
 
@@ -248,15 +249,11 @@ def _hyper(hyper: Hyper | None, lr: float | Tensor, like: Tensor) -> Hyper:
 
         lr_t = torch.as_tensor(lr, dtype=dtype, device=device).expand(p).clone()
         return Hyper(lr_t, full(0.0), full(0.0), full(0.9), full(0.999), full(1e-8))
-    return Hyper(*(torch.as_tensor(v, dtype=dtype, device=device).expand(p) for v in _fields(hyper)))
-
-
-def _fields(hyper: Hyper) -> tuple[Tensor, ...]:
-    return hyper.lr, hyper.momentum, hyper.weight_decay, hyper.beta1, hyper.beta2, hyper.eps
+    return hyper.map(lambda v: torch.as_tensor(v, dtype=dtype, device=device).expand(p))
 
 
 def _repeat_hyper(hyper: Hyper, times: int) -> Hyper:
-    return Hyper(*(v.repeat_interleave(times) for v in _fields(hyper)))
+    return hyper.map(lambda v: v.repeat_interleave(times))
 
 
 def _repeat(t: Tensor, times: int) -> Tensor:
