@@ -18,6 +18,7 @@ from rich.text import Text
 
 from core.errors import TheoryscopeError
 from storage.export import to_csv, to_json, write_text_atomic
+from storage.location import results_root, root_text
 from storage.parquet import write_atomic
 from storage.query import DEFAULT_TIMEOUT, debris, describe_views, run_query
 from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
@@ -50,8 +51,10 @@ class Format(Choice):
     PARQUET = "parquet"
 
 
-Results = Annotated[Path, typer.Option(
-    "--results", envvar="THEORYSCOPE_RESULTS", help="Results directory (env THEORYSCOPE_RESULTS).")]
+Results = Annotated[str, typer.Option(
+    "--results", envvar="THEORYSCOPE_RESULTS",
+    help="Results directory, or a pyarrow filesystem URI such as s3://bucket/dir, gs://bucket/dir or "
+         "file:///dir (env THEORYSCOPE_RESULTS).")]
 SpecPath = Annotated[Path, typer.Argument(help="The sweep spec (TOML).", show_default=False)]
 Address = Annotated[Optional[str], typer.Option(
     "--address", help="Join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray).")]
@@ -115,7 +118,7 @@ def ctrl_c_stops_the_sweep() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def report_debris(results: Path) -> None:
+def report_debris(results: str) -> None:
     found = debris(results)
     if found.damaged or found.leftovers:
         warn(f"ignoring {len(found.damaged)} damaged and {len(found.leftovers)} temporary files in {results} "
@@ -134,7 +137,7 @@ def plan(spec: SpecPath) -> None:
                      "--address ray://head:10001 --results /shared/results  ·  theoryscope launch spec.toml --json")
 def launch(
     spec: SpecPath,
-    results: Results = Path("results"),
+    results: Results = "results",
     address: Address = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the spec's name).")] = None,
     backend: Backend = BackendName.RAY,
@@ -163,7 +166,7 @@ def launch(
 @app.command(epilog="Example: theoryscope resume quickstart --retry-failed")
 def resume(
     name: Annotated[str, typer.Argument(help="The sweep to finish.", show_default=False)],
-    results: Results = Path("results"),
+    results: Results = "results",
     address: Address = None,
     backend: Backend = BackendName.RAY,
     retry_failed: RetryFailed = False,
@@ -196,7 +199,7 @@ def say(message: str, silent: bool) -> None:
         out.print(message, highlight=False)
 
 
-def execute(the_plan: Plan, results: Path, address: str | None, backend: BackendName,
+def execute(the_plan: Plan, results: str, address: str | None, backend: BackendName,
             mode: Mode = Mode.NORMAL) -> None:
     """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably."""
     silent = mode is not Mode.NORMAL
@@ -243,14 +246,14 @@ def execute(the_plan: Plan, results: Path, address: str | None, backend: Backend
 
 
 def summary_json(summary: LaunchSummary) -> dict:
-    return {"sweep": summary.sweep, "results": str(Path(summary.results).resolve()), "planned": summary.planned,
+    return {"sweep": summary.sweep, "results": root_text(summary.results), "planned": summary.planned,
             "already_done": summary.already_done, "families": summary.families,
             "ran": summary.total("n_runs"), "ok": summary.total("n_ok"), "diverged": summary.total("n_diverged"),
             "failed": summary.total("n_failed"), "wall_seconds": round(summary.wall_seconds, 3)}
 
 
-def resume_command(sweep: str, results: Path, address: str | None, backend: BackendName) -> str:
-    words = ["theoryscope", "resume", sweep, "--results", str(Path(results).resolve())]
+def resume_command(sweep: str, results: str, address: str | None, backend: BackendName) -> str:
+    words = ["theoryscope", "resume", sweep, "--results", root_text(results_root(results))]
     if address:
         words += ["--address", address]
     if backend is not BackendName.RAY:
@@ -264,9 +267,10 @@ def submit(
     spec: SpecPath,
     to: Annotated[str, typer.Option("--to", help="The cluster's dashboard (Ray Jobs) address, "
                                                  "e.g. http://HEAD:8265.", show_default=False)],
-    results: Annotated[Path, typer.Option(
+    results: Annotated[str, typer.Option(
         "--results", envvar="THEORYSCOPE_RESULTS",
-        help="Results directory as the cluster sees it: a shared path (env THEORYSCOPE_RESULTS).")] = Path("results"),
+        help="Results as the cluster sees them: a shared path or a filesystem URI such as s3://bucket/dir "
+             "(env THEORYSCOPE_RESULTS).")] = "results",
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the spec's name).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 if it failed.")] = False,
 ) -> None:
@@ -277,7 +281,7 @@ def submit(
         sweep_spec = load_spec(spec)
         sweep = check_name(name, "--name") if name else sweep_spec.name
         plan_sweep(sweep_spec, sweep)  # every error the cluster would meet, here first
-        where = str(results) if results.is_absolute() else str(results.resolve())
+        where = results if "://" in results else str(Path(results).expanduser().resolve())
         submitted = submit_sweep(sweep_spec.source, sweep, where, to)
     out.print(f"submitted sweep {sweep} as Ray job {submitted.job_id} to {to}; results in {where}", highlight=False)
     out.print(f"follow it with: theoryscope status {shlex.quote(sweep)} --results {shlex.quote(where)}",
@@ -294,7 +298,7 @@ def submit(
 @app.command(epilog="Examples: theoryscope status  ·  theoryscope status quickstart --json")
 def status(
     name: Annotated[Optional[str], typer.Argument(help="One sweep (default: all).", show_default=False)] = None,
-    results: Results = Path("results"),
+    results: Results = "results",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Per sweep: planned, done, ok, diverged, failed and remaining runs.
@@ -321,7 +325,7 @@ def status(
                      "theoryscope query \"SELECT * FROM curves\" --format parquet --out curves.parquet")
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views runs, curves, sweeps.", show_default=False)],
-    results: Results = Path("results"),
+    results: Results = "results",
     fmt: Annotated[Format, typer.Option("--format", help="Output format (parquet needs --out).")] = Format.TABLE,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Stop the query after this many seconds.")]
@@ -356,7 +360,7 @@ def query(
 @app.command(epilog="Example: theoryscope report quickstart --out reports/quickstart")
 def report(
     name: Annotated[str, typer.Argument(help="The sweep to draw.", show_default=False)],
-    results: Results = Path("results"),
+    results: Results = "results",
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Folder for index.html and the figures (default: reports/NAME).")] = None,
 ) -> None:
@@ -369,7 +373,7 @@ def report(
 
 
 @app.command(epilog="Example: theoryscope tables --results results")
-def tables(results: Results = Path("results")) -> None:
+def tables(results: Results = "results") -> None:
     """The views you can query and their columns."""
     from rich.table import Table
 

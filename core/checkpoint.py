@@ -1,22 +1,23 @@
 """Checkpoints of a family in training: when to save, and safe saving and loading.
 
 A checkpoint is a flat dict of tensors and plain values (ints, floats, strings, lists),
-written with ``torch.save`` to a temporary name and renamed into place, and read back
-with ``torch.load(weights_only=True)``, which unpickles no arbitrary objects. What goes
+written with ``torch.save`` to a temporary name and moved into place (locally or in the
+results' object store; ``storage.location``), and read back with
+``torch.load(weights_only=True)``, which unpickles no arbitrary objects. What goes
 into it is the trainer's business (``core.train``); this module only decides *when* and
 moves bytes safely.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import io
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from storage.location import FilePath, is_file, read_bytes, remove, write_atomic
 
 # Without an explicit step interval, save after this much training time.
 DEFAULT_SECONDS = 120.0
@@ -27,8 +28,8 @@ class Checkpointer:
     """Saves every ``every_steps`` steps, or every ``every_seconds`` of training time when
     ``every_steps`` is 0. ``path`` is the family's checkpoint file."""
 
-    def __init__(self, path: Path, every_steps: int = 0, every_seconds: float = DEFAULT_SECONDS):
-        self.path = Path(path)
+    def __init__(self, path: FilePath, every_steps: int = 0, every_seconds: float = DEFAULT_SECONDS):
+        self.path = path
         self.every_steps = every_steps
         self.every_seconds = every_seconds
         self._last_save = time.monotonic()
@@ -42,28 +43,18 @@ class Checkpointer:
         return time.monotonic() - self._last_save >= self.every_seconds
 
     def save(self, payload: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The same temporary naming as storage.parquet, so its clean-up recognises ours.
-        host = socket.gethostname().replace("-", "_")
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{host}-{os.getpid()}-0")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save({"format": FORMAT, **payload}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        data = io.BytesIO()  # torch.save wants a seekable file; object-store streams are not
+        torch.save({"format": FORMAT, **payload}, data)
+        write_atomic(self.path, lambda stream: stream.write(data.getbuffer()))
         self._last_save = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         """The saved payload, or None if there is none or it cannot be used (then it is
         removed, with a warning, and training starts over)."""
-        if not self.path.is_file():
+        if not is_file(self.path):
             return None
         try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(read_bytes(self.path)), map_location="cpu", weights_only=True)
             if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise ValueError(f"unknown checkpoint format {payload.get('format')!r}")
         except Exception as exc:  # a damaged or foreign file must not stop the family
@@ -73,4 +64,4 @@ class Checkpointer:
         return payload
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        remove(self.path)

@@ -5,17 +5,23 @@ files and leftovers of interrupted writes are skipped; ``storage.parquet.scan``)
 partitioning (the ``sweep`` column always a string) and ``union_by_name``, so files
 written by older versions with fewer columns still read, their missing columns null. A
 table with no files yet is an empty view with the table's columns.
+
+Local results are read by DuckDB itself. Results in an object store (a ``--results``
+URI) are read through pyarrow: each table's files become an Arrow dataset registered
+with the connection, so DuckDB needs no extension and no credentials of its own, and the
+locked-down connection reaches no file at all.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from core.errors import QueryError, first_line
+from storage.location import ResultsLike, StorePath, results_root
 from storage.parquet import Scan, scan
 from storage.schemas import TABLES
 
@@ -38,8 +44,18 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(results: Path, table: str) -> str:
-    files = scan(results, table).complete
+def view_sql(con: duckdb.DuckDBPyConnection, results: ResultsLike, table: str) -> str:
+    """The SQL of ``table``'s view over its complete files (registering their Arrow
+    dataset with ``con`` when they are in an object store)."""
+    root = results_root(results)
+    files = scan(root, table).complete
+    if files and isinstance(root, StorePath):
+        dataset = pads.dataset(
+            [f.path for f in files], filesystem=root.fs, format="parquet", schema=TABLES[table],
+            partitioning=pads.partitioning(pa.schema([("sweep", pa.string())]), flavor="hive"),
+            partition_base_dir=(root / table).path)
+        con.register(f"stored_{table}", dataset)
+        return f"SELECT * FROM stored_{table}"
     if files:
         listed = ", ".join(sql_string(str(p)) for p in files)
         return (f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
@@ -48,7 +64,7 @@ def view_sql(results: Path, table: str) -> str:
     return f"SELECT {columns} LIMIT 0"
 
 
-def debris(results: Path) -> Scan:
+def debris(results: ResultsLike) -> Scan:
     """Damaged and leftover files across every table (complete ones not listed)."""
     found = Scan()
     for table in (*TABLES, "checkpoints"):
@@ -104,11 +120,11 @@ ENRICHED = {
 }
 
 
-def connect(results: Path) -> duckdb.DuckDBPyConnection:
+def connect(results: ResultsLike) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with one view per table, and the derived views."""
     con = duckdb.connect(":memory:")
     for table in TABLES:
-        stored = view_sql(results, table)
+        stored = view_sql(con, results, table)
         sql = ENRICHED[table].format(stored=stored) if table in ENRICHED else stored
         con.execute(f"CREATE VIEW {table} AS {sql}")
     for view, sql in DERIVED.items():
@@ -141,18 +157,20 @@ def check_read_only(sql: str) -> None:
             f"(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); write results with --format csv|json|parquet --out FILE")
 
 
-def lock_down(con: duckdb.DuckDBPyConnection, results: Path, memory_limit: str = MEMORY_LIMIT,
+def lock_down(con: duckdb.DuckDBPyConnection, results: ResultsLike, memory_limit: str = MEMORY_LIMIT,
               threads: int = THREADS) -> None:
-    """After the views exist: files only under ``results``, no extensions fetched or
+    """After the views exist: files only under ``results`` (none at all for results in
+    an object store, which the views read through Arrow), no extensions fetched or
     loaded, bounded memory and threads, and settings locked so SQL cannot undo any of it."""
-    root = str(Path(results).resolve()) + "/"
-    for setting in (f"allowed_directories = [{sql_string(root)}]", "enable_external_access = false",
+    root = results_root(results)
+    allowed = "" if isinstance(root, StorePath) else sql_string(str(root) + "/")
+    for setting in (f"allowed_directories = [{allowed}]", "enable_external_access = false",
                     "autoinstall_known_extensions = false", "autoload_known_extensions = false",
                     f"memory_limit = {sql_string(memory_limit)}", f"threads = {threads}", "lock_configuration = true"):
         con.execute(f"SET {setting}")
 
 
-def run_query(results: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
+def run_query(results: ResultsLike, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
     """Run one read-only statement against the views of a locked-down DuckDB; anything
     refused, failing or running past ``timeout`` seconds raises ``QueryError``."""
     check_read_only(sql)
@@ -174,7 +192,7 @@ def run_query(results: Path, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.T
         con.close()
 
 
-def describe_views(results: Path) -> dict[str, list[tuple[str, str]]]:
+def describe_views(results: ResultsLike) -> dict[str, list[tuple[str, str]]]:
     """Each view's columns as (name, DuckDB type)."""
     con = connect(results)
     try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage import schemas
+from storage.location import ResultsLike, read_parquet
 from storage.parquet import scan, table_path, write_atomic
 from sweeps.load import parse_spec
 from sweeps.plan import expand_runs
@@ -29,15 +28,15 @@ class SweepRecord:
         return parse_spec(self.spec_text, origin=f"the stored spec of sweep {self.sweep!r}")
 
 
-def find_sweep(results: Path, sweep: str) -> SweepRecord | None:
+def find_sweep(results: ResultsLike, sweep: str) -> SweepRecord | None:
     files = scan(results, "sweeps", sweep).complete
     if not files:
         return None
-    row = pq.read_table(files[0]).to_pylist()[0]
+    row = read_parquet(files[0]).to_pylist()[0]
     return SweepRecord(sweep, row["spec"], row["planned_runs"], row["created_at"])
 
 
-def list_sweeps(results: Path) -> list[str]:
+def list_sweeps(results: ResultsLike) -> list[str]:
     return sorted({p.parent.name.removeprefix("sweep=") for p in scan(results, "sweeps").complete})
 
 
@@ -47,7 +46,7 @@ def same_experiment(a: SweepSpec, b: SweepSpec) -> bool:
     return a.measure == b.measure and {r.run_id for r in expand_runs(a)} == {r.run_id for r in expand_runs(b)}
 
 
-def record_sweep(results: Path, sweep: str, spec: SweepSpec, planned_runs: int) -> SweepRecord:
+def record_sweep(results: ResultsLike, sweep: str, spec: SweepSpec, planned_runs: int) -> SweepRecord:
     """Write the sweep's record once; an existing record is kept as it is."""
     existing = find_sweep(results, sweep)
     if existing is not None:

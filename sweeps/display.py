@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pyarrow as pa
 from rich import box
@@ -11,6 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from storage.location import ResultsLike
 from sweeps.launch import LaunchSummary
 from sweeps.plan import Plan, estimate_cost
 from sweeps.records import RENAMED, config_columns
@@ -99,7 +99,7 @@ def summary_view(summary: LaunchSummary) -> Table:
     return table
 
 
-def status_view(results: Path, statuses: list[SweepStatus]) -> Table:
+def status_view(results: ResultsLike, statuses: list[SweepStatus]) -> Table:
     table = Table(title=f"sweeps in {results}", title_justify="left")
     for column in ("sweep", "planned", "done", "ok", "diverged", "failed", "remaining", "last progress"):
         table.add_column(column, justify="left" if column in ("sweep", "last progress") else "right")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -20,6 +19,7 @@ from core.accelerate import train_acceleration
 from core.checkpoint import Checkpointer
 from core.dynamics import train_linear_dynamics
 from core.train import describe_device, pick_device, train_family
+from storage.location import FilePath
 from storage.parquet import partition_dir, table_path, write_atomic
 from sweeps.acceleration import acceleration_table
 from sweeps.dynamics import modes_table
@@ -36,13 +36,13 @@ class FamilyJob:
     sweep: str
     family_id: str
     runs: tuple[RunSpec, ...]
-    results: str
+    results: str  # the results root as --results takes it (a path or a URI)
     num_gpus: float = 0.0
     measure: MeasureSpec = MeasureSpec()
 
     @property
-    def checkpoint_path(self) -> Path:
-        return partition_dir(Path(self.results), "checkpoints", self.sweep) / f"{self.family_id}.pt"
+    def checkpoint_path(self) -> FilePath:
+        return partition_dir(self.results, "checkpoints", self.sweep) / f"{self.family_id}.pt"
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     """Train ``job``'s family and publish its rows. An exception in training is recorded
     as ``status = 'failed'`` rows carrying the message, not raised."""
     device = pick_device(job.num_gpus)
-    results = Path(job.results)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
         experiment = job.runs[0].experiment
@@ -83,8 +82,8 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
                                                      code_version(), _now())
     for table, rows in {"curves": curves_table, **measured}.items():
-        write_atomic(rows, table_path(results, table, job.sweep, job.family_id))
-    write_atomic(runs_table, table_path(results, "runs", job.sweep, job.family_id))
+        write_atomic(rows, table_path(job.results, table, job.sweep, job.family_id))
+    write_atomic(runs_table, table_path(job.results, "runs", job.sweep, job.family_id))
     checkpoint.remove()
     statuses = runs_table.column("status").to_pylist()
     return FamilyOutcome(
@@ -97,7 +96,7 @@ def record_failure(job: FamilyJob, message: str, device: str = "unknown") -> Fam
     """Publish ``status = 'failed'`` rows for every run of the family. Its checkpoint is
     kept, so ``resume --retry-failed`` continues where it stopped."""
     table = failed_family_table(job.sweep, job.family_id, job.runs, message, code_version(), _now(), device)
-    write_atomic(table, table_path(Path(job.results), "runs", job.sweep, job.family_id))
+    write_atomic(table, table_path(job.results, "runs", job.sweep, job.family_id))
     return FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs), 0.0, device, message)
 
 

@@ -12,11 +12,9 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from core.errors import StorageError, SweepNotFound, TheoryscopeError
+from core.errors import SweepNotFound, TheoryscopeError
+from storage.location import FilePath, ResultsLike, check_root, read_parquet, remove, results_root, root_text
 from storage.parquet import Scan, clean, scan
 from storage.schemas import TABLES
 from sweeps.catalog import find_sweep, list_sweeps, record_sweep, same_experiment
@@ -35,41 +33,36 @@ class LaunchSummary:
     """What one launch did; ``outcomes`` grow as families finish."""
 
     sweep: str
-    results: Path
+    results: FilePath
     planned: int
     already_done: int
     families: int
     outcomes: list[FamilyOutcome] = field(default_factory=list)
     wall_seconds: float = 0.0
-    removed: list[Path] = field(default_factory=list)
+    removed: list[FilePath] = field(default_factory=list)
 
     def total(self, name: str) -> int:
         return sum(getattr(o, name) for o in self.outcomes)
 
 
-def _check_results_dir(results: Path) -> None:
-    if Path(results).exists() and not Path(results).is_dir():
-        raise StorageError(f"--results {results} is a file; give a directory (it is created if missing)")
-
-
-def done_runs(results: Path, sweep: str, retry_failed: bool = False) -> frozenset[str]:
+def done_runs(results: ResultsLike, sweep: str, retry_failed: bool = False) -> frozenset[str]:
     """Run ids with a row in the sweep's complete ``runs`` files (failed ones left out
     when they are to be retried)."""
     done = set()
     for path in scan(results, "runs", sweep).complete:
-        table = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        table = read_parquet(path, columns=["run_id", "status"]).to_pylist()
         done.update(r["run_id"] for r in table if not (retry_failed and r["status"] == RunStatus.FAILED.value))
     return frozenset(done)
 
 
-def prepare(spec: SweepSpec, results: Path, sweep: str | None = None, force_new: bool = False,
+def prepare(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, force_new: bool = False,
             retry_failed: bool = False) -> Plan:
     """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done.
 
     A name already used by a different spec is refused, or with ``force_new`` the spec
     gets a fresh name derived from it, so the old results stay apart. Writes nothing.
     """
-    _check_results_dir(results)
+    check_root(results_root(results))
     sweep = sweep or spec.name
     existing = find_sweep(results, sweep)
     if existing is not None and not same_experiment(existing.spec(), spec):
@@ -83,9 +76,9 @@ def prepare(spec: SweepSpec, results: Path, sweep: str | None = None, force_new:
     return plan_sweep(spec, sweep, exclude=done_runs(results, sweep, retry_failed))
 
 
-def prepare_resume(results: Path, sweep: str, retry_failed: bool = False) -> Plan:
+def prepare_resume(results: ResultsLike, sweep: str, retry_failed: bool = False) -> Plan:
     """Plan a recorded sweep again from its stored spec, minus what is done."""
-    _check_results_dir(results)
+    check_root(results_root(results))
     record = find_sweep(results, sweep)
     if record is None:
         known = ", ".join(list_sweeps(results)) or "none"
@@ -93,7 +86,7 @@ def prepare_resume(results: Path, sweep: str, retry_failed: bool = False) -> Pla
     return plan_sweep(record.spec(), sweep, exclude=done_runs(results, sweep, retry_failed))
 
 
-def _fresh_name(results: Path, sweep: str, spec: SweepSpec) -> str:
+def _fresh_name(results: ResultsLike, sweep: str, spec: SweepSpec) -> str:
     """``<name>-<spec hash>``, the first one not taken by another spec."""
     digest = hashlib.sha256(spec.source.encode()).hexdigest()
     for length in range(6, len(digest) + 1):
@@ -104,7 +97,7 @@ def _fresh_name(results: Path, sweep: str, spec: SweepSpec) -> str:
     raise AssertionError("sha256 prefixes exhausted")
 
 
-def clean_sweep(results: Path, sweep: str) -> list[Path]:
+def clean_sweep(results: ResultsLike, sweep: str) -> list[FilePath]:
     """Remove damaged files and leftovers of interrupted writes from a sweep's
     partitions; returns what was removed."""
     found = Scan()
@@ -113,29 +106,29 @@ def clean_sweep(results: Path, sweep: str) -> list[Path]:
     return clean(found)
 
 
-def _drop_failed_families(results: Path, plan: Plan) -> None:
+def _drop_failed_families(results: ResultsLike, plan: Plan) -> None:
     """Before failed runs are retried, remove the files that record them as failed, so
     each run ends with exactly one row (a family fails as a whole, so such a file holds
     nothing else)."""
     retried = {r.run_id for f in plan.families for r in f.runs}
     for path in scan(results, "runs", plan.sweep).complete:
-        rows = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        rows = read_parquet(path, columns=["run_id", "status"]).to_pylist()
         if rows and all(r["status"] == RunStatus.FAILED.value and r["run_id"] in retried for r in rows):
-            path.unlink()
+            remove(path)
 
 
-def launch(plan: Plan, results: Path, backend: Backend,
+def launch(plan: Plan, results: ResultsLike, backend: Backend,
            on_done: Callable[[FamilyOutcome], None] | None = None) -> LaunchSummary:
     """Record the sweep, clean up after earlier interruptions, and run every family of
     ``plan`` on ``backend``."""
-    results = Path(results).resolve()
+    results = results_root(results)
     record_sweep(results, plan.sweep, plan.spec, len(plan.runs))
     removed = clean_sweep(results, plan.sweep)
     _drop_failed_families(results, plan)
     todo = sum(f.size for f in plan.families)
     summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
                             removed=removed)
-    jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, str(results), plan.spec.resources.num_gpus,
+    jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, root_text(results), plan.spec.resources.num_gpus,
                       plan.spec.measure) for f in plan.families]
 
     def finished(outcome: FamilyOutcome) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from core.errors import SweepNotFound
+from storage.location import ResultsLike
 from storage.query import run_query, sql_string
 from sweeps.catalog import find_sweep, list_sweeps
 from sweeps.figures import FIGURES
@@ -44,7 +45,7 @@ def swept_column(spec: SweepSpec) -> str:
     return RENAMED.get((section, name), name)
 
 
-def build_report(results: Path, sweep: str, out: Path) -> Report:
+def build_report(results: ResultsLike, sweep: str, out: Path) -> Report:
     record = find_sweep(results, sweep)
     if record is None:
         known = ", ".join(list_sweeps(results)) or "none"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from core.errors import SweepNotFound
+from storage.location import ResultsLike
 from storage.query import run_query
 from sweeps.catalog import find_sweep, list_sweeps
 
@@ -36,7 +36,7 @@ class SweepStatus:
         return out
 
 
-def sweep_status(results: Path, sweep: str | None = None) -> list[SweepStatus]:
+def sweep_status(results: ResultsLike, sweep: str | None = None) -> list[SweepStatus]:
     """Status of one sweep, or of every sweep in ``results`` (oldest first)."""
     names = list_sweeps(results)
     if sweep is not None:

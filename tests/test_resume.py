@@ -196,9 +196,9 @@ def test_truncated_and_temporary_files_are_ignored_reported_and_cleaned(results)
 
 def test_a_live_writers_temporary_file_is_left_alone(results):
     launch(prepare(parse_spec(SMALL_SPEC), results), results, LocalBackend())
-    from storage.parquet import _host
+    from storage.location import host
 
-    live = results / "runs" / "sweep=small" / f"x.parquet.tmp-{_host()}-{os.getpid()}-beef"
+    live = results / "runs" / "sweep=small" / f"x.parquet.tmp-{host()}-{os.getpid()}-beef"
     live.write_bytes(b"being written")
     launch(prepare(parse_spec(SMALL_SPEC), results), results, LocalBackend())
     assert live.exists()
