@@ -80,5 +80,7 @@ def forward(params: Params, x: torch.Tensor, nonlinear: bool) -> torch.Tensor:
         wt = w.transpose(1, 2)
         h = torch.bmm(h, wt) if params.biases is None else torch.baddbmm(params.biases[i].unsqueeze(1), h, wt)
         if nonlinear and i < last:
-            h = torch.relu(h)
+            # In place: the product is fresh and autograd keeps only the ReLU's output,
+            # so this saves a pass over memory and an allocation per layer.
+            h = h.relu_()
     return h
