@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -603,6 +604,11 @@ class RunSpec:
         "gaussian-mixture", teacher settings outside "teacher-student", the activation of
         a model with no hidden layer) are left out of the run id and are NULL in ``runs``,
         so grid points that differ only in them are one run."""
+        return self._conditional_fields.get((section, name), True)
+
+    @functools.cached_property
+    def _conditional_fields(self) -> dict[tuple[str, str], bool]:
+        """(section, field) -> whether it applies, for the fields that sometimes do not."""
         kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
         accelerating = self.experiment is Experiment.ACCELERATION
         only_if = {
@@ -632,7 +638,7 @@ class RunSpec:
             ("train", "beta2"): optimizer is Optimizer.ADAM,
             ("train", "eps"): optimizer is Optimizer.ADAM,
         }
-        return only_if.get((section, name), True)
+        return only_if
 
     def to_config(self) -> dict[str, Any]:
         """The run as plain JSON values, fields that cannot affect it left out; its
@@ -649,9 +655,10 @@ class RunSpec:
         return json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"),
                           allow_nan=False)
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """A stable hash of the canonical config: the same id in any process, any machine."""
+        """A stable hash of the canonical config: the same id in any process, any machine
+        (computed once per RunSpec; the fields are frozen)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
@@ -698,8 +705,14 @@ def is_hashed(f: dataclasses.Field) -> bool:
 def _omitted(section: Any, name: str) -> bool:
     """Fields added after run ids were first published carry ``omit_default``: at their
     default they are left out of the canonical config, so earlier runs keep their ids."""
-    f = next(f for f in dataclasses.fields(section) if f.name == name)
-    return f.metadata.get("omit_default", False) and getattr(section, name) == f.default
+    defaults = _omitted_defaults(type(section))
+    return name in defaults and getattr(section, name) == defaults[name]
+
+
+@functools.cache
+def _omitted_defaults(section_type: type) -> dict[str, Any]:
+    """The ``omit_default`` fields of a section class, with their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(section_type) if f.metadata.get("omit_default", False)}
 
 
 def _section_to_dict(section: Any) -> dict[str, Any]:
