@@ -25,7 +25,8 @@ from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_
 from sweeps.dispatch import BackendName, make_backend
 from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
 from sweeps.load import check_name, load_spec
-from sweeps.plan import Plan, plan_sweep
+from sweeps.capacity import local_capacity
+from sweeps.plan import Plan, fit_plan, plan_sweep
 from sweeps.progress import SweepProgress
 from sweeps.spec import Choice
 from sweeps.status import sweep_status
@@ -127,9 +128,11 @@ def report_debris(results: str) -> None:
 
 @app.command(epilog="Example: theoryscope plan examples/quickstart.toml")
 def plan(spec: SpecPath) -> None:
-    """Dry run: the runs, families and resources a spec would use. Runs nothing."""
+    """Dry run: the runs, families (packed for this machine) and resources a spec would use.
+    Runs nothing."""
     with user_errors():
-        the_plan = plan_sweep(load_spec(spec))
+        sweep_spec = load_spec(spec)
+        the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources))
     out.print(plan_view(the_plan), highlight=False)
 
 
@@ -205,16 +208,18 @@ def execute(the_plan: Plan, results: str, address: str | None, backend: BackendN
     silent = mode is not Mode.NORMAL
     with user_errors():
         runner = make_backend(backend, address)
-        total = sum(f.size for f in the_plan.families)
-        say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
-            f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)", silent)
-        if not the_plan.families:
-            say("nothing to run: every planned run is in the results already", silent)
         summary: LaunchSummary | None = None
         with ctrl_c_stops_the_sweep():
             try:
-                if the_plan.families:
+                if the_plan.families:  # packed to fit what the backend offers
                     runner.start(the_plan.spec.resources)
+                    the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources))
+                total = sum(f.size for f in the_plan.families)
+                say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
+                    f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
+                    silent)
+                if not the_plan.families:
+                    say("nothing to run: every planned run is in the results already", silent)
                 with SweepProgress(the_plan, out, enabled=not silent) as progress:
                     summary = run_plan(the_plan, results, runner, on_done=progress.advance)
             except KeyboardInterrupt:

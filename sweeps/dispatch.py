@@ -9,6 +9,7 @@ identical tables.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -23,7 +24,9 @@ import core
 import storage
 import sweeps
 from core.errors import TheoryscopeError
+from sweeps.capacity import FALLBACK_GPU_BYTES, capacity_for, local_gpu_bytes, local_node
 from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure
+from sweeps.plan import Capacity
 from sweeps.spec import Choice, ResourceSpec
 
 OnDone = Callable[[FamilyOutcome], None]
@@ -42,6 +45,10 @@ class Backend(Protocol):
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Run every job, calling ``on_done`` in the driver as each one finishes."""
 
+    def capacity(self, resources: ResourceSpec) -> Capacity | None:
+        """How many families of ``resources`` run at once and the memory each may fill
+        (after ``start``); None if unknown."""
+
 
 class LocalBackend:
     """Families one after another, in this process."""
@@ -52,6 +59,14 @@ class LocalBackend:
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         for job in jobs:
             on_done(execute_family(job))
+
+    def capacity(self, resources: ResourceSpec) -> Capacity | None:
+        """One family at a time, with this machine's memory (or its GPU's)."""
+        node = local_node()
+        if resources.num_gpus > 0 and node["GPU"] > 0:
+            return capacity_for([{"GPU": resources.num_gpus}], resources, local_gpu_bytes())
+        cpu_only = dataclasses.replace(resources, num_gpus=0.0)
+        return capacity_for([{"CPU": resources.num_cpus, "memory": node["memory"]}], cpu_only)
 
 
 class RayBackend:
@@ -92,6 +107,21 @@ class RayBackend:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
+
+    def capacity(self, resources: ResourceSpec) -> Capacity | None:
+        """From the live nodes' Ray resources; a GPU's memory is asked of a GPU task when
+        the driver has no GPU of its own."""
+        import ray
+
+        self.start(resources)
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if not self.address and len(nodes) == 1:
+            # The embedded Ray: this machine's physical memory, as ``theoryscope plan`` counts it.
+            nodes = [{**nodes[0], "memory": local_node()["memory"]}]
+        gpu_bytes = FALLBACK_GPU_BYTES
+        if resources.num_gpus > 0:
+            gpu_bytes = local_gpu_bytes() if local_node()["GPU"] > 0 else _remote_gpu_bytes(resources)
+        return capacity_for(nodes, resources, gpu_bytes)
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Submit every family, report each as it finishes. A family whose worker died
@@ -143,6 +173,18 @@ def _daemons_ignore_ctrl_c(started_here: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _remote_gpu_bytes(resources: ResourceSpec, timeout: float = 60.0) -> int:
+    """One GPU's memory, asked of a task on a GPU node (the default if none answers)."""
+    import ray
+
+    probe = ray.remote(num_gpus=resources.num_gpus, num_cpus=0)(local_gpu_bytes).remote()
+    try:
+        return ray.get(probe, timeout=timeout)
+    except Exception:  # no GPU node up yet (an autoscaling cluster): the default
+        ray.cancel(probe)
+        return FALLBACK_GPU_BYTES
 
 
 def _one_line(exc: BaseException) -> str:

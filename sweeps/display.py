@@ -71,6 +71,10 @@ def plan_view(plan: Plan) -> RenderableType:
     parts.append(families)
     if len(plan.families) > SHOWN:
         parts.append(Text(f"... and {len(plan.families) - SHOWN} more families"))
+    if plan.capacity is not None:
+        c = plan.capacity
+        tail.append(f"\npacked for this machine's local Ray: {c.slots} families at once, up to "
+                    f"{_bytes(c.family_bytes)} each; launch packs for the machines it runs on")
     parts.append(tail)
     return Group(*parts)
 

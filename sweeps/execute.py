@@ -11,11 +11,13 @@ published.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import torch
 
 from core.accelerate import train_acceleration
+from core.allocator import keep_freed_memory
 from core.checkpoint import Checkpointer
 from core.dynamics import train_linear_dynamics
 from core.train import describe_device, pick_device, train_family
@@ -54,14 +56,19 @@ class FamilyOutcome:
     n_ok: int
     n_diverged: int
     n_failed: int
-    wall_seconds: float
+    wall_seconds: float  # training
     device: str
     error: str | None = None
+    # The whole task (data, training, measures, writing) and the Parquet writing alone.
+    task_seconds: float = 0.0
+    write_seconds: float = 0.0
 
 
 def execute_family(job: FamilyJob) -> FamilyOutcome:
     """Train ``job``'s family and publish its rows. An exception in training is recorded
     as ``status = 'failed'`` rows carrying the message, not raised."""
+    started = time.perf_counter()
+    keep_freed_memory()
     device = pick_device(job.num_gpus)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
@@ -81,14 +88,17 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
         return record_failure(job, f"{type(exc).__name__}: {exc}", describe_device(device))
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
                                                      code_version(), _now())
+    writing = time.perf_counter()
     for table, rows in {"curves": curves_table, **measured}.items():
         write_atomic(rows, table_path(job.results, table, job.sweep, job.family_id))
     write_atomic(runs_table, table_path(job.results, "runs", job.sweep, job.family_id))
     checkpoint.remove()
+    done = time.perf_counter()
     statuses = runs_table.column("status").to_pylist()
     return FamilyOutcome(
         job.family_id, len(job.runs), statuses.count(RunStatus.OK.value),
         statuses.count(RunStatus.DIVERGED.value), 0, result.wall_seconds, result.device,
+        task_seconds=done - started, write_seconds=done - writing,
     )
 
 

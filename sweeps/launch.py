@@ -20,7 +20,7 @@ from storage.schemas import TABLES
 from sweeps.catalog import find_sweep, list_sweeps, record_sweep, same_experiment
 from sweeps.dispatch import Backend
 from sweeps.execute import FamilyJob, FamilyOutcome
-from sweeps.plan import Plan, plan_sweep
+from sweeps.plan import Plan, estimate_cost, fit_plan, plan_sweep
 from sweeps.records import RunStatus
 from sweeps.spec import SweepSpec
 
@@ -120,16 +120,20 @@ def _drop_failed_families(results: ResultsLike, plan: Plan) -> None:
 def launch(plan: Plan, results: ResultsLike, backend: Backend,
            on_done: Callable[[FamilyOutcome], None] | None = None) -> LaunchSummary:
     """Record the sweep, clean up after earlier interruptions, and run every family of
-    ``plan`` on ``backend``."""
+    ``plan`` on ``backend``: packed to fit the backend's capacity (``sweeps.capacity``),
+    the largest families submitted first so that the small ones fill the gaps at the end."""
     results = results_root(results)
+    if plan.families:
+        plan = fit_plan(plan, backend.capacity(plan.spec.resources))
     record_sweep(results, plan.sweep, plan.spec, len(plan.runs))
     removed = clean_sweep(results, plan.sweep)
     _drop_failed_families(results, plan)
     todo = sum(f.size for f in plan.families)
     summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
                             removed=removed)
+    largest_first = sorted(plan.families, key=lambda f: estimate_cost(f).flops, reverse=True)
     jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, root_text(results), plan.spec.resources.num_gpus,
-                      plan.spec.measure) for f in plan.families]
+                      plan.spec.measure) for f in largest_first]
 
     def finished(outcome: FamilyOutcome) -> None:
         summary.outcomes.append(outcome)

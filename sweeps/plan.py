@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ class Plan:
     # Points of the grid; more than runs when some differ only in fields that do not
     # apply to them (``RunSpec.applies``).
     grid_points: int = 0
+    # Runs left out as already done, and the capacity the families were packed for.
+    done: frozenset[str] = frozenset()
+    capacity: Capacity | None = None
 
 
 def grid_points(spec: SweepSpec) -> list[RunSpec]:
@@ -102,10 +106,32 @@ def family_key(run: RunSpec) -> tuple:
     )
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What the machines running a sweep offer its families (``sweeps.capacity``).
+
+    ``slots``: families that can train at once; ``family_bytes``: the memory one family
+    may fill (host memory for CPU families, GPU memory for GPU ones); families whose
+    estimated work is below ``min_family_flops`` are not split to fill slots (their
+    start-up would cost more than the parallelism gains).
+    """
+
+    slots: int
+    family_bytes: int
+    min_family_flops: float
+
+
 def pack_families(runs: Sequence[RunSpec], max_family_size: int,
-                  together: Callable[[RunSpec], str] | None = None) -> list[Family]:
+                  together: Callable[[RunSpec], str] | None = None,
+                  capacity: Capacity | None = None) -> list[Family]:
     """Group runs by ``family_key`` and split each group into near-equal families of at
     most ``max_family_size`` (600 runs at 512 give two of 300, not 512 + 88).
+
+    With a ``capacity``, a family also fits in ``capacity.family_bytes`` by the memory
+    estimate, and a group holding much of the sweep's work is split so that the work
+    spreads over the slots: into families of about a (2 x slots)-th of the sweep's work
+    each (finer than one per slot, so the scheduler can balance them), but never below
+    ``capacity.min_family_flops``.
 
     Runs with the same ``together`` key (the runs a measure compares, such as the ends of
     valley pairs) are never split between families.
@@ -113,13 +139,26 @@ def pack_families(runs: Sequence[RunSpec], max_family_size: int,
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
         groups.setdefault(family_key(run), []).append(run)
+    total_flops = sum(member_cost(members[0]).flops * len(members) for members in groups.values())
     families = []
     for members in groups.values():
-        n_chunks = -(-len(members) // max_family_size)
+        limit, n_chunks = _split(members, max_family_size, total_flops, capacity)
         chunks = _even_chunks(members, n_chunks) if together is None else \
-            _chunks_of_units(members, together, max_family_size, -(-len(members) // n_chunks))
+            _chunks_of_units(members, together, limit, -(-len(members) // n_chunks))
         families.extend(Family(family_id(chunk), chunk) for chunk in chunks)
     return families
+
+
+def _split(members: list[RunSpec], max_family_size: int, total_flops: float,
+           capacity: Capacity | None) -> tuple[int, int]:
+    """The largest family a group may have, and into how many families it goes."""
+    if capacity is None:
+        return max_family_size, -(-len(members) // max_family_size)
+    cost = member_cost(members[0])
+    limit = max(1, min(max_family_size, capacity.family_bytes // max(1, cost.bytes)))
+    share = max(total_flops / (2 * capacity.slots), capacity.min_family_flops)
+    by_work = min(len(members), math.ceil(cost.flops * len(members) / share))
+    return limit, max(-(-len(members) // limit), by_work)
 
 
 def _even_chunks(members: list[RunSpec], n_chunks: int) -> list[tuple[RunSpec, ...]]:
@@ -156,12 +195,14 @@ def family_id(runs: Iterable[RunSpec]) -> str:
 
 
 def plan_sweep(spec: SweepSpec, sweep: str | None = None,
-               exclude: frozenset[str] = frozenset()) -> Plan:
-    """Expand and pack a sweep, then leave out the runs in ``exclude`` (already done).
+               exclude: frozenset[str] = frozenset(), capacity: Capacity | None = None) -> Plan:
+    """Expand and pack a sweep (to fit ``capacity`` when given), then leave out the runs
+    in ``exclude`` (already done).
 
     Families are packed from *all* runs before anything is left out, so a family keeps
-    its id (and finds its checkpoint) however many times the sweep is resumed. A family
-    only part of which is done keeps its remaining members, under a new id.
+    its id (and finds its checkpoint) however many times the sweep is resumed on the same
+    machines. A family only part of which is done keeps its remaining members, under a
+    new id.
     """
     points = grid_points(spec)
     runs = expand_runs(spec)
@@ -172,14 +213,21 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
     families = []
     valleys = spec.measure.valleys
     together = None if valleys is None else (lambda run: pair_group(run, valleys.pairs))
-    for family in pack_families(runs, spec.resources.max_family_size, together):
+    for family in pack_families(runs, spec.resources.max_family_size, together, capacity):
         todo = tuple(r for r in family.runs if r.run_id not in exclude)
         if len(todo) == family.size:
             families.append(family)
         elif todo:
             families.append(Family(family_id(todo), todo))
     return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families),
-                grid_points=len(points))
+                grid_points=len(points), done=exclude, capacity=capacity)
+
+
+def fit_plan(plan: Plan, capacity: Capacity | None) -> Plan:
+    """``plan`` packed again for ``capacity`` (the same runs left out)."""
+    if capacity is None or capacity == plan.capacity:
+        return plan
+    return plan_sweep(plan.spec, plan.sweep, plan.done, capacity)
 
 
 @dataclass(frozen=True)
@@ -191,10 +239,19 @@ class FamilyCost:
     bytes: int
 
 
-def estimate_cost(family: Family) -> FamilyCost:
-    """Matmul FLOPs (forward 2 n P, training step 3x forward) and resident bytes (data,
-    parameters, gradients, optimizer state, activations) of a whole family."""
-    run = family.exemplar
+@dataclass(frozen=True)
+class MemberCost:
+    """One member's share of a family's work and memory."""
+
+    params: int
+    flops: float
+    bytes: int
+
+
+def member_cost(run: RunSpec) -> MemberCost:
+    """Matmul FLOPs (forward 2 n P, training step 3x forward, plus the logged
+    evaluations) and resident bytes (data, parameters, gradients, optimizer state,
+    activations) of one member."""
     d, t = run.data, run.train
     dims = run.model.layer_dims(d.n_inputs, d.n_outputs)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
@@ -203,10 +260,15 @@ def estimate_cost(family: Family) -> FamilyCost:
     batch = d.n_train if full_batch else t.batch_size
     n_logs = len(t.log_steps())
     evaluated = d.n_test + (0 if full_batch else d.n_train)
-    flops_member = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
+    flops = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
     itemsize = 8 if t.dtype.value == "float64" else 4
     states = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[t.optimizer]
     data = (d.n_train + d.n_test) * (d.n_inputs + d.n_outputs)
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
-    per_member = itemsize * (data + params * (2 + states) + activations)
-    return FamilyCost(params, flops_member * family.size, per_member * family.size)
+    return MemberCost(params, flops, itemsize * (data + params * (2 + states) + activations))
+
+
+def estimate_cost(family: Family) -> FamilyCost:
+    """A whole family's parameters per member, FLOPs and resident bytes."""
+    cost = member_cost(family.exemplar)
+    return FamilyCost(cost.params, cost.flops * family.size, cost.bytes * family.size)
