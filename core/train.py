@@ -26,8 +26,9 @@ from core import models
 from core.checkpoint import Checkpointer
 from core.data import Dataset, make_dataset
 from core.optim import Hyper, StackedOptimizer
+from core.precision import matmuls_at
 from core.seeding import generator
-from sweeps.spec import DType, Objective, RunSpec
+from sweeps.spec import DType, MatmulPrecision, Objective, RunSpec
 
 DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT64: torch.float64}
 
@@ -57,6 +58,10 @@ class FamilyResult:
     snapshots: dict[int, models.Params] | None = None
     # Experiment "linear-dynamics": ||W_e - W_rule||_F / ||W_rule||_F at the logged steps.
     rule_deviation: np.ndarray | None = None
+    # With train.matmul_precision other than "highest": per member, the largest relative
+    # difference between the training loss as trained and in exact float32, over the
+    # first and the last step.
+    precision_error: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -177,10 +182,24 @@ class FamilyTraining:
         self.elapsed = 0.0  # training seconds, summed over every attempt
         self.snapshot_steps = {s for s in snapshot_steps if s <= self.spec_train.steps}
         self.snapshots: dict[int, list[torch.Tensor]] = {}
+        self.precision = self.spec_train.matmul_precision
+        self.precision_error = torch.zeros(f, dtype=self.dtype, device=device)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with matmuls_at(self.precision, self.device):
+            return models.forward(self.params, x, self.nonlinear).to(self.dtype)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.no_grad():
-            return member_losses(models.forward(self.params, x, self.nonlinear), y, self.data.classification)
+            return member_losses(self._forward(x), y, self.data.classification)
+
+    def _check_precision(self, train_loss: torch.Tensor) -> None:
+        """Compare the training loss as trained with exact float32 (reduced precision only)."""
+        with torch.no_grad():
+            exact, _ = member_losses(models.forward(self.params, self.data.x_train, self.nonlinear),
+                                     self.data.y_train, self.data.classification)
+            error = (train_loss.detach() - exact).abs() / exact.abs().clamp_min(torch.finfo(self.dtype).tiny)
+            self.precision_error = torch.maximum(self.precision_error, torch.nan_to_num(error, nan=0.0))
 
     def _record(self, row: int, which: int, loss: torch.Tensor, error: torch.Tensor | None) -> None:
         self.curves[which, row] = loss.detach()
@@ -207,12 +226,14 @@ class FamilyTraining:
             for p in self.tensors:
                 p.requires_grad_(training)
             with torch.set_grad_enabled(training):
-                loss, error = member_losses(models.forward(self.params, xb, self.nonlinear), yb, data.classification)
+                loss, error = member_losses(self._forward(xb), yb, data.classification)
             bad |= ~torch.isfinite(loss.detach())
         if row is not None:
             train_loss, train_error = (loss, error) if self.full_batch else self._evaluate(data.x_train, data.y_train)
             self._record(row, 0, train_loss, train_error)
             self._record(row, 1, *self._evaluate(data.x_test, data.y_test))
+            if self.precision is not MatmulPrecision.HIGHEST and step in (0, self.spec_train.steps):
+                self._check_precision(train_loss)
             bad |= ~torch.isfinite(train_loss.detach())
         self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
         self.active &= ~bad
@@ -242,6 +263,7 @@ class FamilyTraining:
             "diverged_step": self.diverged_step.cpu(),
             "batches": None if self.batches is None else self.batches.state(),
             "snapshots": [[step, [t.cpu() for t in tensors]] for step, tensors in sorted(self.snapshots.items())],
+            "precision_error": self.precision_error.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -260,6 +282,7 @@ class FamilyTraining:
             self.batches.restore(state["batches"])
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.snapshots = {step: [t.to(self.device) for t in tensors] for step, tensors in state["snapshots"]}
+        self.precision_error = state.get("precision_error", self.precision_error.cpu()).to(self.device)
 
     def result(self) -> FamilyResult:
         host = self.curves.double().cpu().numpy()
@@ -277,6 +300,8 @@ class FamilyTraining:
             params=models.Params(weights, biases),
             wall_seconds=self.elapsed, device=describe_device(self.device),
             data=self.data, snapshots=snapshots,
+            precision_error=None if self.precision is MatmulPrecision.HIGHEST
+            else self.precision_error.double().cpu().numpy(),
         )
 
 

@@ -79,6 +79,8 @@ RUNS = pa.schema([
     ("target", pa.float64()),         # train.target (acceleration)
     ("imbalance", pa.float64()),      # model.imbalance (linear-dynamics)
     ("singular_values", pa.string()), # data.singular_values as JSON (linear-modes)
+    ("matmul_precision", pa.string()),  # train.matmul_precision
+    ("precision_error", pa.float64()),  # |loss as trained - exact float32 loss| / exact, worst of first and last step
     ("code_version", pa.string()),
 ])
 

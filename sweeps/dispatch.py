@@ -25,7 +25,7 @@ import storage
 import sweeps
 from core.errors import TheoryscopeError
 from sweeps.capacity import FALLBACK_GPU_BYTES, capacity_for, local_gpu_bytes, local_node
-from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure
+from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure, warm_worker
 from sweeps.plan import Capacity
 from sweeps.spec import Choice, ResourceSpec
 
@@ -107,6 +107,11 @@ class RayBackend:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
+        if not self.address:
+            # Fresh workers spend seconds importing torch and theoryscope; let them do it
+            # while the driver plans and records the sweep, not on the first families' clock.
+            warm = ray.remote(num_cpus=1)(warm_worker)
+            self._warming = [warm.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))]
 
     def capacity(self, resources: ResourceSpec) -> Capacity | None:
         """From the live nodes' Ray resources; a GPU's memory is asked of a GPU task when

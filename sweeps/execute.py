@@ -117,5 +117,12 @@ def execute_in_worker(job: FamilyJob, num_threads: int) -> FamilyOutcome:
     return execute_family(job)
 
 
+def warm_worker() -> None:
+    """Nothing but being run: a worker that runs it has imported this module, and with
+    it torch, the trainers, the measures and storage, which a family's first task would
+    otherwise wait for; one matmul starts torch's thread pool."""
+    torch.ones(2, 2) @ torch.ones(2, 2)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

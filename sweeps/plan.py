@@ -101,7 +101,7 @@ def family_key(run: RunSpec) -> tuple:
         run.experiment, d.kind, d.n_train, d.n_test, d.n_inputs, d.n_outputs,
         m.kind, m.depth, m.width if run.applies("model", "width") else None,
         m.activation if run.applies("model", "activation") else None, m.bias,
-        t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype,
+        t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype, t.matmul_precision,
         m.overparam, len(t.learning_rates()) if run.experiment is Experiment.ACCELERATION else None,
     )
 

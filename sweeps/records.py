@@ -60,6 +60,7 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
             status=RunStatus.DIVERGED if diverged >= 0 else RunStatus.OK,
             gen_gap=gap, diverged_step=diverged if diverged >= 0 else None,
             wall_seconds=result.wall_seconds, device=result.device, **final,
+            precision_error=None if result.precision_error is None else nullable(result.precision_error[f]),
         ))
     t, f = result.train_loss.shape
     curves = pa.table({

@@ -124,6 +124,12 @@ class DType(Choice):
     FLOAT64 = "float64"
 
 
+class MatmulPrecision(Choice):
+    HIGHEST = "highest"  # float32 products as float32
+    TF32 = "tf32"        # CUDA: TensorFloat-32 tensor cores (10-bit mantissa inputs); CPU: unchanged
+    BF16 = "bf16"        # autocast to bfloat16 (8-bit mantissa) for the matmuls, on CUDA and CPU
+
+
 def _require(ok: bool, name: str, expected: str, got: Any) -> None:
     if not ok:
         raise FieldError(name, expected, got)
@@ -319,6 +325,11 @@ class TrainSpec:
     # "half-sum", (1/2) sum over the batch of squared errors, Advani & Saxe's convention
     # under which gradient-flow time is t = lr x step.
     objective: Objective = field(default=Objective.MEAN, metadata={"omit_default": True})
+    # Experiment "train", dtype float32: matmuls at "highest" precision, or faster and
+    # rougher as "tf32" or "bf16" (mainly for GPUs). Off by default; when on, each run's
+    # relative difference from the exact float32 training loss, at the first and last
+    # step, is in runs.precision_error.
+    matmul_precision: MatmulPrecision = field(default=MatmulPrecision.HIGHEST, metadata={"omit_default": True})
     # Save the family's training state every this many steps (0 = every 2 minutes of
     # training), so a retried or resumed family continues instead of restarting. It does
     # not change results, so it is not part of the run id and cannot be swept.
@@ -362,6 +373,8 @@ class TrainSpec:
         _require(self.log_every >= 1, "log_every", "an integer >= 1", self.log_every)
         _require(self.checkpoint_every >= 0, "checkpoint_every",
                  "an integer >= 0 (0 = every 2 minutes)", self.checkpoint_every)
+        _require(self.matmul_precision is MatmulPrecision.HIGHEST or self.dtype is DType.FLOAT32,
+                 "matmul_precision", '"highest" with dtype = "float64"', self.matmul_precision.value)
 
     def learning_rates(self) -> tuple[float, ...]:
         """The rates an acceleration run tries: lr_grid, expanded if it is a count."""
@@ -540,6 +553,9 @@ class RunSpec:
         GD."""
         lp = self.data.kind is DataKind.LP_REGRESSION
         end_to_end = (Init.BALANCED, Init.IDENTITY, Init.DECOUPLED)
+        if self.train.matmul_precision is not MatmulPrecision.HIGHEST and self.experiment is not Experiment.TRAIN:
+            raise FieldError("train.matmul_precision", '"highest" outside experiment = "train"',
+                             self.train.matmul_precision.value)
         if self.model.init is Init.DECOUPLED and self.data.kind is not DataKind.LINEAR_MODES:
             raise FieldError("model.init", '"balanced" | "identity" unless data.kind = "linear-modes" '
                              '("decoupled" starts from the target\'s singular vectors)', self.model.init.value)

@@ -129,3 +129,19 @@ def test_the_valleys_measure_on_cuda_matches_the_cpu():
     for cpu_row, gpu_row in zip(tables["cpu"], tables["cuda"]):
         assert gpu_row["barrier"] == pytest.approx(cpu_row["barrier"], rel=1e-6, abs=1e-12)
         assert gpu_row["normalized_length"] == pytest.approx(cpu_row["normalized_length"], rel=1e-6)
+
+
+@needs_cuda
+def test_reduced_precision_on_cuda_is_close_to_exact_and_reports_its_error():
+    from sweeps.load import parse_spec
+    from sweeps.plan import plan_sweep
+    from tests.test_precision import SPEC
+
+    by_precision = {f.exemplar.train.matmul_precision.value: list(f.runs) for f in plan_sweep(parse_spec(SPEC)).families}
+    cuda = pick_device(1)
+    exact = train_family(by_precision["highest"], cuda)
+    for name, tolerance in (("tf32", 1e-2), ("bf16", 5e-2)):
+        reduced = train_family(by_precision[name], cuda)
+        assert (reduced.precision_error < tolerance).all(), name
+        assert (abs(reduced.train_loss[-1] / exact.train_loss[-1] - 1) < tolerance).all(), name
+    assert torch.backends.cuda.matmul.allow_tf32 is False
