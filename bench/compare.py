@@ -7,8 +7,9 @@ Every variant trains the same runs (``bench.workloads``) from the same initial w
 on the same data, and ends with its curves in Parquet; theoryscope runs its own
 ``launch`` path end to end (planning, packing for the machine, Ray tasks, Parquet,
 the sweep record). Variants alternate within each repeat, so a noisy neighbour slows
-all of them alike. All share one local Ray started at the beginning (its start-up is
-reported on its own line).
+all of them alike. All share one local Ray started at the beginning, its workers warmed
+up (imports of torch and theoryscope) before anything is timed; that start-up is
+reported on its own line.
 
 ``--sample WORKLOAD:VARIANT=K`` trains K runs spread evenly over the workload instead
 of all of them and extrapolates the time to the whole workload (the rows say so); use it
@@ -38,6 +39,7 @@ from bench.baselines import VARIANTS as BASELINES
 from bench.baselines import timed as timed_baseline
 from bench.workloads import Workload, workload
 from sweeps.dispatch import RayBackend
+from sweeps.execute import warm_worker
 from sweeps.launch import LaunchSummary, launch, prepare
 
 ORDER = ("theoryscope", "ray_tasks", "ray_tune", "sequential")
@@ -126,9 +128,9 @@ def worst_difference(ours: dict[str, float], theirs: dict[str, float]) -> float:
     return max((abs(ours[r] - theirs[r]) / max(abs(ours[r]), 1e-12) for r in common), default=float("nan"))
 
 
-def measure(names: list[str], variants: list[str], repeats: int,
-            samples: dict[tuple[str, str], int]) -> dict[str, list[Row]]:
-    works = {name: workload(name) for name in names}
+def measure(names: list[str], variants: list[str], repeats: int, samples: dict[tuple[str, str], int],
+            resources: str = "") -> dict[str, list[Row]]:
+    works = {name: workload(name, resources) for name in names}
     rows = {name: [Row(v, work, min(samples.get((name, v), len(work.runs)), len(work.runs))) for v in variants]
             for name, work in works.items()}
     for repeat in range(repeats):
@@ -188,6 +190,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["compute", "tiny"], choices=["compute", "tiny"])
     parser.add_argument("--variants", nargs="+", default=list(ORDER), choices=ORDER)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--num-gpus", type=float, default=0.0,
+                        help="GPUs per theoryscope family (fractions share a GPU); the baselines stay on CPUs")
     parser.add_argument("--sample", nargs="*", default=[], metavar="WORKLOAD:VARIANT=K",
                         help="train K runs of a baseline on a workload and extrapolate")
     args = parser.parse_args()
@@ -206,9 +210,12 @@ def main() -> None:
     peak = matmul_peak(cpus)
     start = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # Every variant starts with workers that have imported torch and theoryscope.
+    ray.get([ray.remote(num_cpus=1)(warm_worker).remote() for _ in range(cpus)])
     ray_start = time.perf_counter() - start
     try:
-        rows = measure(args.workloads, args.variants, args.repeats, samples)
+        resources = f"num_gpus = {args.num_gpus}" if args.num_gpus > 0 else ""
+        rows = measure(args.workloads, args.variants, args.repeats, samples, resources)
     finally:
         ray.shutdown()
     report(rows, peak, ray_start, cpus)

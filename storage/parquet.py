@@ -16,12 +16,13 @@ both; ``launch`` and ``resume`` call it, read-only commands only report them.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.location import (FilePath, ResultsLike, age_seconds, host, list_partitions, open_binary,
+from storage.location import (FilePath, ResultsLike, StorePath, age_seconds, host, list_partitions, open_binary,
                               read_parquet, remove, results_root)
 from storage.location import write_atomic as write_stream_atomic
 
@@ -77,14 +78,22 @@ class Scan:
         return self
 
 
+# Footers read at once when the files are in an object store (each read is a request).
+STORE_READERS = 16
+
+
 def scan(results: ResultsLike, table: str, sweep: str | None = None) -> Scan:
-    found = Scan()
-    for path in list_partitions(results_root(results) / table, f"sweep={sweep}" if sweep else None):
-        if path.name.endswith(".parquet"):
-            (found.complete if is_complete(path) else found.damaged).append(path)
-        elif ".tmp-" in path.name:
-            found.leftovers.append(path)
-    return found
+    root = results_root(results)
+    paths = list_partitions(root / table, f"sweep={sweep}" if sweep else None)
+    files = [p for p in paths if p.name.endswith(".parquet")]
+    if isinstance(root, StorePath) and len(files) > 1:
+        with ThreadPoolExecutor(min(STORE_READERS, len(files))) as pool:
+            whole = list(pool.map(is_complete, files))
+    else:
+        whole = [is_complete(p) for p in files]
+    return Scan(complete=[p for p, ok in zip(files, whole) if ok],
+                damaged=[p for p, ok in zip(files, whole) if not ok],
+                leftovers=[p for p in paths if not p.name.endswith(".parquet") and ".tmp-" in p.name])
 
 
 def _writer_gone(path: FilePath) -> bool:
