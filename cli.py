@@ -21,11 +21,11 @@ from storage.export import to_csv, to_json, write_text_atomic
 from storage.location import results_root, root_text
 from storage.parquet import write_atomic
 from storage.query import DEFAULT_TIMEOUT, debris, describe_views, run_query
+from sweeps.capacity import local_capacity
 from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
 from sweeps.dispatch import BackendName, make_backend
 from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
 from sweeps.load import check_name, load_spec
-from sweeps.capacity import local_capacity
 from sweeps.plan import Plan, fit_plan, plan_sweep
 from sweeps.progress import SweepProgress
 from sweeps.spec import Choice

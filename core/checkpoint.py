@@ -43,7 +43,7 @@ class Checkpointer:
         return time.monotonic() - self._last_save >= self.every_seconds
 
     def save(self, payload: dict[str, Any]) -> None:
-        data = io.BytesIO()  # torch.save wants a seekable file; object-store streams are not
+        data = io.BytesIO()  # serialised in memory, then written in one piece (also to object stores)
         torch.save({"format": FORMAT, **payload}, data)
         write_atomic(self.path, lambda stream: stream.write(data.getbuffer()))
         self._last_save = time.monotonic()
