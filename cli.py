@@ -100,8 +100,8 @@ def user_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def ctrl_c_stops_the_sweep() -> Iterator[None]:
-    """The first Ctrl-C raises KeyboardInterrupt (running families are cancelled, finished
-    ones kept); a second one ends the process at once. Every result file is published by
+    """The first Ctrl-C raises KeyboardInterrupt (finished families are kept; the process
+    then exits, and its running families with it); a second one ends the process at once. Every result file is published by
     an atomic rename, so neither can leave a half-written result behind."""
     presses = 0
 
@@ -223,12 +223,13 @@ def execute(the_plan: Plan, results: str, address: str | None, backend: BackendN
                 with SweepProgress(the_plan, out, enabled=not silent) as progress:
                     summary = run_plan(the_plan, results, runner, on_done=progress.advance)
             except KeyboardInterrupt:
-                say_error("interrupted: finished families are kept, running ones were cancelled")
+                say_error("interrupted: finished families are kept, running ones stop with this process")
                 err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
                           highlight=False, soft_wrap=True)
                 if backend is BackendName.RAY:
-                    # Everything finished is on disk; Ray's own teardown of cancelled tasks
-                    # can abort the process (seen with Ray 2.60), so leave without it.
+                    # Everything finished is on disk. Ray ends the tasks of a driver that is
+                    # gone; its own teardown can abort the process (seen with Ray 2.60),
+                    # so leave without it.
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(EXIT_INTERRUPTED)

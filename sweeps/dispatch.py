@@ -79,9 +79,14 @@ class RayBackend:
     """
 
     def __init__(self, address: str | None = None,
-                 task: Callable[[FamilyJob, int], FamilyOutcome] = execute_in_worker):
+                 task: Callable[[FamilyJob, int], FamilyOutcome] = execute_in_worker,
+                 cancel_on_interrupt: bool = True):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.task = task  # what each Ray task runs; tests inject faults here
+        # A driver that exits right after a Ctrl-C needs no cancelling: Ray ends a dead
+        # driver's tasks (and the embedded Ray dies with it). Cancelling races with tasks
+        # that are finishing, which Ray 2.60 can answer by aborting the driver.
+        self.cancel_on_interrupt = cancel_on_interrupt
 
     def start(self, resources: ResourceSpec) -> None:
         import ray
@@ -154,7 +159,9 @@ class RayBackend:
                     except RayError as exc:  # the worker died past its retries, or our code raised
                         outcome = record_failure(job, _one_line(exc))
                     on_done(outcome)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not self.cancel_on_interrupt:
+                raise
             # A gentle cancel raises KeyboardInterrupt in the task at its next bytecode;
             # force=True (killing workers) made Ray 2.60 abort on replies of tasks that
             # were finishing. Best effort: Ray may be going down too.
@@ -233,4 +240,4 @@ def make_backend(name: BackendName, address: str | None) -> Backend:
         if address:
             raise TheoryscopeError("--address needs --backend ray (the local backend runs in this process)")
         return LocalBackend()
-    return RayBackend(address)
+    return RayBackend(address, cancel_on_interrupt=False)  # the CLI exits at once after a Ctrl-C
