@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from storage.location import FilePath, is_file, read_bytes, remove, write_atomic
+from storage.location import FilePath, is_file, read_bytes, remove, write_file_atomic
 
 # Without an explicit step interval, save after this much training time.
 DEFAULT_SECONDS = 120.0
@@ -45,7 +45,7 @@ class Checkpointer:
     def save(self, payload: dict[str, Any]) -> None:
         data = io.BytesIO()  # serialised in memory, then written in one piece (also to object stores)
         torch.save({"format": FORMAT, **payload}, data)
-        write_atomic(self.path, lambda stream: stream.write(data.getbuffer()))
+        write_file_atomic(self.path, lambda stream: stream.write(data.getbuffer()))
         self._last_save = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:

@@ -8,12 +8,12 @@ import decimal
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import pyarrow as pa
 
 from core.errors import StorageError
+from storage.location import write_file_atomic
 
 
 def _plain(value: object) -> object:
@@ -44,14 +44,8 @@ def to_csv(table: pa.Table) -> str:
 
 
 def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    """Write ``text`` to ``path`` (UTF-8) all at once, into an existing directory."""
     path = Path(path)
     if not path.parent.is_dir():
         raise StorageError(f"cannot write {path}: the directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
+    write_file_atomic(path, lambda stream: stream.write(text.encode("utf-8")))

@@ -123,7 +123,7 @@ def temporary_name(name: str) -> str:
     return f"{name}.tmp-{host()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def write_atomic(path: FilePath, write: Callable[[BinaryIO], None]) -> None:
+def write_file_atomic(path: FilePath, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` with a binary stream whose bytes end up at ``path`` all at once:
     ``path`` is absent or complete at every moment, and an existing file is replaced."""
     if isinstance(path, StorePath):

@@ -1,7 +1,7 @@
 """Atomic Parquet files in the results tree, and telling complete files from debris.
 
 A file is written under a temporary name beside its destination and moved into place
-(``storage.location.write_atomic``), so a reader sees either nothing or the whole file,
+(``storage.location.write_file_atomic``), so a reader sees either nothing or the whole file,
 and writing the same file twice (a retried family) replaces it instead of adding a second
 copy. Temporary names end in ``.tmp-<host>-<pid>-<random>`` and never match ``*.parquet``.
 The results root is a local directory or a pyarrow filesystem URI (``storage.location``);
@@ -23,8 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.location import (FilePath, ResultsLike, StorePath, age_seconds, host, list_partitions, open_binary,
-                              read_parquet, remove, results_root)
-from storage.location import write_atomic as write_stream_atomic
+                              read_parquet, remove, results_root, write_file_atomic)
 
 
 def partition_dir(results: ResultsLike, table: str, sweep: str) -> FilePath:
@@ -38,7 +37,7 @@ def table_path(results: ResultsLike, table: str, sweep: str, key: str) -> FilePa
 
 def write_atomic(table: pa.Table, path: FilePath) -> None:
     """Write ``table`` to ``path`` so that ``path`` is either absent or complete."""
-    write_stream_atomic(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
+    write_file_atomic(path, lambda stream: pq.write_table(table, stream, compression="zstd"))
 
 
 MAGIC = b"PAR1"

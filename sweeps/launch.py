@@ -123,7 +123,7 @@ def launch(plan: Plan, results: ResultsLike, backend: Backend,
     ``plan`` on ``backend``: packed to fit the backend's capacity (``sweeps.capacity``),
     the largest families submitted first so that the small ones fill the gaps at the end."""
     results = results_root(results)
-    if plan.families:
+    if plan.families and plan.capacity is None:  # the CLI packs before its progress bar
         plan = fit_plan(plan, backend.capacity(plan.spec.resources))
     record_sweep(results, plan.sweep, plan.spec, len(plan.runs))
     removed = clean_sweep(results, plan.sweep)

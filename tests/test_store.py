@@ -21,7 +21,7 @@ import torch
 
 from core.checkpoint import Checkpointer
 from core.errors import QueryError, StorageError
-from storage.location import StorePath, host, results_root, root_text
+from storage.location import StorePath, host, results_root, root_text, write_file_atomic
 from storage.parquet import clean, read_column, scan, table_path, write_atomic
 from storage.query import run_query
 from sweeps.dispatch import LocalBackend
@@ -134,9 +134,8 @@ def test_a_failed_write_leaves_no_object(s3_server):
         stream.write(b"PAR1 partial")
         raise Boom
 
-    from storage.location import write_atomic as write_stream
     with pytest.raises(Boom):
-        write_stream(target, explode)
+        write_file_atomic(target, explode)
     assert objects(root) == []
 
 
