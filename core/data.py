@@ -1,7 +1,13 @@
 """Synthetic data sets of the theory papers, deterministic from their spec.
 
-Everything is drawn on the CPU in float64 from named streams (``core.seeding``), so a
-data set is the same on any machine, device or dtype; the trainer casts it afterwards.
+Everything is drawn on the CPU in float64 from named streams (``core.seeding``), so the
+random draws are the same on any machine, device or dtype; the trainer casts the data
+afterwards. Values computed from the draws with matmuls (teacher outputs, w·x) are the
+same bit for bit on one machine and agree to float64 rounding across machines, whose BLAS
+kernels round differently. Training sets are nested across n_train, bit for bit on one
+machine, because those matmuls run on fixed-shape row blocks (``_in_row_blocks``); not
+nested are linear-modes (a QR of the whole training set) and the labels that
+``label_noise`` flips in a classification set (an exact fraction, drawn for each n_train).
 
 * ``teacher-student``: x ~ N(0, I_d); y = W2 relu(W1 x) with W1 ~ N(0, 1/d),
   W2 ~ N(0, 1/teacher_width); training targets get Gaussian noise of std
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,13 +91,30 @@ def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:
     return torch.randn(padded, *shape, generator=stream, dtype=F64)[:rows]
 
 
+ROW_BLOCK = 256  # rows per matmul block: few Python calls per set, little padding for tiny sets
+
+
+def _in_row_blocks(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``f(x)`` for a row-wise ``f``, applied to zero-padded blocks of exactly
+    ``ROW_BLOCK`` rows.
+
+    A matmul's rounding depends on the row count on some CPUs (the BLAS picks its kernel
+    by shape: on an AMD EPYC, row 3 of a 7-row product differs by an ulp from row 3 of a
+    203-row one). With every block of the same shape, a row's value depends only on the
+    row and its place in its block, never on n: training sets stay nested bit for bit."""
+    n = x.shape[0]
+    padded = max(1, -(-n // ROW_BLOCK)) * ROW_BLOCK
+    x = torch.cat([x, x.new_zeros(padded - n, *x.shape[1:])])
+    return torch.cat([f(block) for block in x.split(ROW_BLOCK)])[:n]
+
+
 def _teacher_student(s: DataSpec) -> Dataset:
     g = generator(s.seed, "teacher-student", "teacher")
     w1 = _randn(s.teacher_width, s.input_dim, stream=g) / math.sqrt(s.input_dim)
     w2 = _randn(s.output_dim, s.teacher_width, stream=g) / math.sqrt(s.teacher_width)
 
     def teacher(x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x @ w1.T) @ w2.T
+        return _in_row_blocks(lambda rows: torch.relu(rows @ w1.T) @ w2.T, x)
 
     x_ref = _randn(REFERENCE_SAMPLES, s.input_dim, stream=generator(s.seed, "teacher-student", "reference"))
     target_std = teacher(x_ref).std(dim=0)
@@ -115,7 +139,7 @@ def _linear_teacher(s: DataSpec) -> Dataset:
     def sample(count: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = _randn(count, n, stream=generator(s.seed, "linear-teacher", split, "inputs")) / math.sqrt(n)
         eps = _randn(count, 1, stream=generator(s.seed, "linear-teacher", split, "noise"))
-        return x, x @ w_bar + math.sqrt(var_eps) * eps
+        return x, _in_row_blocks(lambda rows: rows @ w_bar, x) + math.sqrt(var_eps) * eps
 
     x_train, y_train = sample(s.n_train, "train")
     x_test, y_test = sample(s.n_test, "test")
@@ -135,7 +159,11 @@ def _lp_regression(s: DataSpec) -> Dataset:
 
     x_train, x_test = inputs(s.n_train, "train"), inputs(s.n_test, "test")
     noise = _randn(s.n_train, 1, stream=generator(s.seed, "lp-regression", "train", "noise"))
-    return Dataset(x_train, x_train @ w_star + noise_std * noise, x_test, x_test @ w_star, False, 1)
+
+    def clean(x: torch.Tensor) -> torch.Tensor:
+        return _in_row_blocks(lambda rows: rows @ w_star, x)
+
+    return Dataset(x_train, clean(x_train) + noise_std * noise, x_test, clean(x_test), False, 1)
 
 
 def _lp_table(s: DataSpec) -> Dataset:

@@ -184,7 +184,17 @@ def test_a_sweep_on_ray_workers_writes_to_a_store_and_resumes_from_it(s3_server,
     in_store = json.loads(queried.stdout)
     local = tmp_path / "local"
     launch(prepare(parse_spec(SMALL_SPEC), local), local, LocalBackend())
-    assert in_store == run_query(local, COMPARED).to_pylist()
+    expected = run_query(local, COMPARED).to_pylist()
+    # Ray workers train with one torch thread each, this process with its own count: the
+    # same families, float32 numbers equal to rounding (bitwise only at equal thread counts).
+    keys = ("run_id", "family_id", "status")
+    assert [[r[k] for k in keys] for r in in_store] == [[r[k] for k in keys] for r in expected]
+    for got, want in zip(in_store, expected):
+        for name in ("train_loss", "test_loss", "test_error"):
+            if want[name] is None:
+                assert got[name] is None, (name, got)
+            else:
+                assert got[name] == pytest.approx(want[name], rel=1e-5, abs=1e-9), (name, got)
     assert objects(results_root(uri))[0].startswith("curves/sweep=small/")
     assert not any(".tmp-" in name or name.endswith(".pt") for name in objects(results_root(uri)))
 
