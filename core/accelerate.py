@@ -78,7 +78,6 @@ def train_acceleration(runs: Sequence[RunSpec], device: torch.device) -> Acceler
 
     total_steps = first.train.steps
     log_steps = first.train.log_steps()
-    log_row = {s: i for i, s in enumerate(log_steps)}
     members = len(runs) * rates
     losses = torch.empty(total_steps + 1, members, dtype=dtype, device=device)
     test_losses = torch.empty(len(log_steps), members, dtype=dtype, device=device)
@@ -95,9 +94,10 @@ def train_acceleration(runs: Sequence[RunSpec], device: torch.device) -> Acceler
         bad = active & ~torch.isfinite(loss.detach())
         diverged = torch.where(bad, step, diverged)
         active = active & ~bad
-        if step in log_row:
+        row = first.train.log_row(step)
+        if row is not None:
             with torch.no_grad():
-                test_losses[log_row[step]] = loss_of(x_test, y_test)
+                test_losses[row] = loss_of(x_test, y_test)
         if training:
             grads = torch.autograd.grad(torch.where(active, loss, 0.0).sum(), weights)
             optimizer.step(weights, grads, active)
@@ -129,9 +129,9 @@ def _summarize(runs, rates, lrs, data, losses, test_losses, diverged, weights, l
     reached_at = np.where(stable, reached_at, -1)
     chosen = np.array([_choose(reached_at[i], stable[i], final[i]) for i in range(r_count)])
     picked = np.arange(r_count) * rates + chosen
-    rows = torch.tensor(log_steps)
+    rows = torch.from_numpy(log_steps)
     family = FamilyResult(
-        steps=np.asarray(log_steps, dtype=np.int64),
+        steps=log_steps,
         train_loss=host[rows][:, picked].numpy(), test_loss=test_losses.double().cpu()[:, picked].numpy(),
         train_error=None, test_error=None,
         diverged_step=np.where(stable.any(axis=1), -1, diverged.cpu().view(r_count, rates).amax(dim=1).numpy()),

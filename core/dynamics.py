@@ -79,8 +79,9 @@ def train_linear_dynamics(runs: Sequence[RunSpec], device: torch.device) -> Dyna
             w_e = product(training.params.weights)
             if modes is not None:
                 strengths[step] = torch.einsum("fok,fod,fdk->fk", modes[0], w_e, modes[1])
-            if step in training.log_row:
-                deviation[training.log_row[step]] = (w_e - w_rule).flatten(1).norm(dim=1) / \
+            row = training.spec_train.log_row(step)
+            if row is not None:
+                deviation[row] = (w_e - w_rule).flatten(1).norm(dim=1) / \
                     w_rule.flatten(1).norm(dim=1)
         training.run_step()
         if step < steps:

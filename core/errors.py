@@ -21,6 +21,10 @@ class SpecError(TheoryscopeError):
     """A sweep spec that cannot be run: unknown key, wrong type, impossible value."""
 
 
+class DoesNotFit(SpecError):
+    """A sweep whose nets would not fit in the memory of any machine offered to it."""
+
+
 class StorageError(TheoryscopeError):
     """The results directory is unusable or holds something unexpected."""
 

@@ -173,7 +173,6 @@ class FamilyTraining:
         self.batches = None if self.full_batch else BatchOrder([r.seed for r in runs], spec_data.n_train,
                                                                 batch_size, device)
         self.log_steps = self.spec_train.log_steps()
-        self.log_row = {s: i for i, s in enumerate(self.log_steps)}
         f = len(runs)
         self.curves = torch.full((4, len(self.log_steps), f), float("nan"), dtype=self.dtype, device=device)
         self.active = torch.ones(f, dtype=torch.bool, device=device)
@@ -213,7 +212,7 @@ class FamilyTraining:
         training = step < self.spec_train.steps
         if step in self.snapshot_steps:
             self.snapshots[step] = [p.detach().clone() for p in self.tensors]
-        row = self.log_row.get(step)
+        row = self.spec_train.log_row(step)
         # A member is frozen once its loss on this step's batch, or its full training
         # loss at a logged step, is no longer finite.
         bad = torch.zeros_like(self.active)
@@ -293,7 +292,7 @@ class FamilyTraining:
         snapshots = {step: models.Params(tensors[:depth], tensors[depth:] or None)
                      for step, tensors in self.snapshots.items()}
         return FamilyResult(
-            steps=np.asarray(self.log_steps, dtype=np.int64),
+            steps=self.log_steps,
             train_loss=host[0], test_loss=host[1],
             train_error=host[2] if errors else None, test_error=host[3] if errors else None,
             diverged_step=self.diverged_step.cpu().numpy(),

@@ -36,17 +36,17 @@ def capacity_for(nodes: list[dict[str, float]], resources: ResourceSpec,
     None when no node can host a family."""
     if resources.num_gpus > 0:
         per_node = [math.floor(n.get("GPU", 0.0) / resources.num_gpus + 1e-9) for n in nodes]
-        budget = gpu_bytes * min(1.0, resources.num_gpus)
+        budget = largest = gpu_bytes * min(1.0, resources.num_gpus)
         kind = "gpu"
     else:
         per_node = [math.floor(n.get("CPU", 0.0) / resources.num_cpus + 1e-9) for n in nodes]
         budgets = [n.get("memory", 0.0) / k for n, k in zip(nodes, per_node) if k > 0]
-        budget = min(budgets, default=0.0)
+        budget, largest = min(budgets, default=0.0), max(budgets, default=0.0)
         kind = "cpu"
     slots = sum(per_node)
     if slots == 0 or budget <= 0:
         return None
-    return Capacity(slots, _power_of_two_below(budget * USABLE), MIN_FAMILY_FLOPS[kind])
+    return Capacity(slots, _power_of_two_below(budget * USABLE), MIN_FAMILY_FLOPS[kind], int(largest))
 
 
 def local_node(num_cpus: int | None = None) -> dict[str, float]:

@@ -51,6 +51,7 @@ SHORTHANDS = {
     "seed": "seed",
 }
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -233,6 +234,9 @@ def _coerce(value: Any, kind: Any, path: str) -> Any:
         raise SpecError(f"{path}: expected true or false, got {value!r}")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:  # every integer is an int64 column of `runs`
+                raise SpecError(f"{path}: expected an integer of at most 64 bits "
+                                f"(|value| < 2**63 = {INT64_MAX + 1:,}), got {value!r}")
             return value
         raise SpecError(f"{path}: expected an integer, got {value!r}")
     if kind is float:

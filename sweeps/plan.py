@@ -13,12 +13,12 @@ import dataclasses
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from core import datasets
 from core.data import check_table_rows
-from core.errors import SpecError
+from core.errors import DoesNotFit, SpecError
 from sweeps.pairs import pair_group
 from sweeps.spec import Experiment, FieldError, Optimizer, RunSpec, SweepSpec
 
@@ -56,23 +56,34 @@ class Plan:
     capacity: Capacity | None = None
 
 
-def grid_points(spec: SweepSpec) -> list[RunSpec]:
+# Called as planning goes: (grid points expanded so far, all grid points).
+OnPlanned = Callable[[int, int], None]
+# How many grid points are expanded between two progress calls.
+PROGRESS_EVERY = 2048
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Points of the grid (the product of its axes' lengths), without expanding it."""
+    return math.prod(len(values) for _, values in spec.grid)
+
+
+def grid_points(spec: SweepSpec) -> Iterator[RunSpec]:
     """The Cartesian product of the grid over the spec's base run, in grid order."""
     base = spec.base_run()
     axes = spec.grid
-    points = []
     for values in itertools.product(*(vals for _, vals in axes)):
-        assignment = dict(zip((target for target, _ in axes), values))
-        points.append(_apply(base, assignment))
-    return points
+        yield _apply(base, dict(zip((target for target, _ in axes), values)))
 
 
-def expand_runs(spec: SweepSpec) -> list[RunSpec]:
+def expand_runs(spec: SweepSpec, on_planned: OnPlanned | None = None) -> list[RunSpec]:
     """The distinct runs of the grid, in grid order: points that differ only in fields
     that do not apply to them are one run (the first such point stands for it)."""
     runs: dict[str, RunSpec] = {}
-    for point in grid_points(spec):
+    total = grid_size(spec)
+    for count, point in enumerate(grid_points(spec), 1):
         runs.setdefault(point.run_id, point)
+        if on_planned is not None and (count % PROGRESS_EVERY == 0 or count == total):
+            on_planned(count, total)
     return list(runs.values())
 
 
@@ -119,6 +130,11 @@ class Capacity:
     slots: int
     family_bytes: int
     min_family_flops: float
+    # All the memory one slot has (``family_bytes`` is the share the estimate may fill);
+    # a single net estimated above it cannot run anywhere. 0: unknown. It drifts with
+    # free memory, so it does not count when capacities are compared: packing does not
+    # depend on it.
+    slot_bytes: int = dataclasses.field(default=0, compare=False)
 
 
 def pack_families(runs: Sequence[RunSpec], max_family_size: int,
@@ -194,18 +210,18 @@ def family_id(runs: Iterable[RunSpec]) -> str:
     return hashlib.sha256(",".join(ids).encode()).hexdigest()[:16]
 
 
-def plan_sweep(spec: SweepSpec, sweep: str | None = None,
-               exclude: frozenset[str] = frozenset(), capacity: Capacity | None = None) -> Plan:
+def plan_sweep(spec: SweepSpec, sweep: str | None = None, exclude: frozenset[str] = frozenset(),
+               capacity: Capacity | None = None, on_planned: OnPlanned | None = None) -> Plan:
     """Expand and pack a sweep (to fit ``capacity`` when given), then leave out the runs
-    in ``exclude`` (already done).
+    in ``exclude`` (already done). ``on_planned`` hears how far the expansion is.
 
     Families are packed from *all* runs before anything is left out, so a family keeps
     its id (and finds its checkpoint) however many times the sweep is resumed on the same
     machines. A family only part of which is done keeps its remaining members, under a
     new id.
     """
-    points = grid_points(spec)
-    runs = expand_runs(spec)
+    runs = expand_runs(spec, on_planned)
+    check_fits(runs, capacity)
     for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
         datasets.check_files(kind, path)  # before anything runs or is written
     for data in {r.data for r in runs if r.data.from_table}:
@@ -220,14 +236,14 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None,
         elif todo:
             families.append(Family(family_id(todo), todo))
     return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families),
-                grid_points=len(points), done=exclude, capacity=capacity)
+                grid_points=grid_size(spec), done=exclude, capacity=capacity)
 
 
-def fit_plan(plan: Plan, capacity: Capacity | None) -> Plan:
+def fit_plan(plan: Plan, capacity: Capacity | None, on_planned: OnPlanned | None = None) -> Plan:
     """``plan`` packed again for ``capacity`` (the same runs left out)."""
     if capacity is None or capacity == plan.capacity:
         return plan
-    return plan_sweep(plan.spec, plan.sweep, plan.done, capacity)
+    return plan_sweep(plan.spec, plan.sweep, plan.done, capacity, on_planned)
 
 
 @dataclass(frozen=True)
@@ -258,14 +274,56 @@ def member_cost(run: RunSpec) -> MemberCost:
     params = weights + (sum(dims[1:]) if run.model.bias else 0)
     full_batch = t.batch_size == 0 or t.batch_size >= d.n_train
     batch = d.n_train if full_batch else t.batch_size
-    n_logs = len(t.log_steps())
+    n_logs = t.n_log_steps
     evaluated = d.n_test + (0 if full_batch else d.n_train)
     flops = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
     itemsize = 8 if t.dtype.value == "float64" else 4
     states = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[t.optimizer]
     data = (d.n_train + d.n_test) * (d.n_inputs + d.n_outputs)
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
-    return MemberCost(params, flops, itemsize * (data + params * (2 + states) + activations))
+    resident = itemsize * (data + params * (2 + states) + activations)
+    return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run))
+
+
+# A logged step of one member: four metrics on the device, their float64 copy on the
+# host, and its row of the ``curves`` table in Arrow (strings, step, eight numbers).
+CURVE_ROW_BYTES = 4 * 8 + 4 * 8 + 128
+
+
+def per_step_bytes(run: RunSpec) -> int:
+    """Memory kept for *every* step, not only the logged ones: the acceleration
+    experiment's training loss of each rate tried, and linear-dynamics' mode strengths."""
+    steps = run.train.steps + 1
+    if run.experiment is Experiment.ACCELERATION:
+        return steps * len(run.train.learning_rates()) * 2 * 8
+    if run.experiment is Experiment.LINEAR_DYNAMICS:
+        return steps * len(run.data.singular_values) * 2 * 8
+    return 0
+
+
+def check_fits(runs: Iterable[RunSpec], capacity: Capacity | None) -> None:
+    """Refuse, before anything runs, a net whose memory estimate is more than any slot of
+    ``capacity`` has, however the runs are packed."""
+    if capacity is None or capacity.slot_bytes <= 0:
+        return
+    seen = set()
+    for run in runs:
+        key = family_key(run)
+        if key in seen:
+            continue
+        seen.add(key)
+        need = member_cost(run).bytes
+        if need > capacity.slot_bytes:
+            raise DoesNotFit(
+                f"one net of this sweep needs about {_gib(need)} by the memory estimate (data, weights, "
+                f"optimizer state, activations, {run.train.n_log_steps:,} logged steps), more than the "
+                f"{_gib(capacity.slot_bytes)} a family can have on these machines; lower train.steps, "
+                f"raise train.log_every, shrink the data or the model, or give each family more of a "
+                f"machine (resources.num_cpus)")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 1024**3:,.1f} GiB"
 
 
 def estimate_cost(family: Family) -> FamilyCost:

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 
 class FieldError(ValueError):
     """A field value out of range; ``field`` is relative to its section."""
@@ -385,9 +387,22 @@ class TrainSpec:
             return tuple(low * (high / low) ** (i / (self.lr_grid - 1)) for i in range(self.lr_grid))
         return self.lr_grid or (self.lr,)
 
-    def log_steps(self) -> list[int]:
-        """Steps at which curves are recorded: 0, log_every, 2 log_every, ..., steps."""
-        return sorted(set(range(0, self.steps + 1, self.log_every)) | {self.steps})
+    @property
+    def n_log_steps(self) -> int:
+        """How many steps are logged (computed, never by listing them)."""
+        return self.steps // self.log_every + 1 + (self.steps % self.log_every != 0)
+
+    def log_row(self, step: int) -> int | None:
+        """The curve row of ``step``, or None if it is not logged."""
+        if step == self.steps:
+            return self.n_log_steps - 1
+        return step // self.log_every if 0 <= step < self.steps and step % self.log_every == 0 else None
+
+    def log_steps(self) -> np.ndarray:
+        """Steps at which curves are recorded: 0, log_every, 2 log_every, ..., steps
+        (int64; as large as the curves themselves, which the memory estimate counts)."""
+        steps = np.arange(0, self.steps + 1, self.log_every, dtype=np.int64)
+        return steps if steps[-1] == self.steps else np.append(steps, np.int64(self.steps))
 
 
 class Samples(Choice):
