@@ -16,14 +16,14 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from core.errors import TheoryscopeError
+from core.errors import DoesNotFit, TheoryscopeError
 from storage.export import to_csv, to_json, write_text_atomic
 from storage.location import results_root, root_text
 from storage.parquet import write_atomic
 from storage.query import DEFAULT_TIMEOUT, debris, describe_views, run_query
 from sweeps.capacity import local_capacity
 from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
-from sweeps.dispatch import BackendName, make_backend
+from sweeps.dispatch import Backend, BackendName, make_backend, sigint_ignored
 from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
 from sweeps.load import check_name, load_spec
 from sweeps.plan import Plan, fit_plan, plan_sweep
@@ -59,7 +59,7 @@ Results = Annotated[str, typer.Option(
 SpecPath = Annotated[Path, typer.Argument(help="The sweep spec (TOML).", show_default=False)]
 Address = Annotated[Optional[str], typer.Option(
     "--address", help="Join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray).")]
-Backend = Annotated[BackendName, typer.Option(
+BackendChoice = Annotated[BackendName, typer.Option(
     "--backend", help="ray: one Ray task per family; local: in this process, one family at a time.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary; errors only.")]
@@ -119,6 +119,16 @@ def ctrl_c_stops_the_sweep() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def interrupted_before_running() -> Iterator[None]:
+    """Ctrl-C while a sweep is still being planned: nothing was written, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say_error("interrupted before anything ran; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 def report_debris(results: str) -> None:
     found = debris(results)
     if found.damaged or found.leftovers:
@@ -132,7 +142,11 @@ def plan(spec: SpecPath) -> None:
     Runs nothing."""
     with user_errors():
         sweep_spec = load_spec(spec)
-        the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources))
+        try:
+            the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources))
+        except DoesNotFit as exc:  # a cluster's nodes may be larger: plan it unpacked
+            warn(f"this machine cannot run it: {exc}")
+            the_plan = plan_sweep(sweep_spec)
     out.print(plan_view(the_plan), highlight=False)
 
 
@@ -143,7 +157,7 @@ def launch(
     results: Results = "results",
     address: Address = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the spec's name).")] = None,
-    backend: Backend = BackendName.RAY,
+    backend: BackendChoice = BackendName.RAY,
     force_new: Annotated[bool, typer.Option(
         "--force-new", help="If the name is taken by a different spec, launch under a new name derived from "
                             "this spec, keeping the old results apart.")] = False,
@@ -155,7 +169,7 @@ def launch(
 
     Runs already in the results are not run again, so launching the same spec again
     resumes it."""
-    with user_errors():
+    with user_errors(), interrupted_before_running():
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
@@ -171,7 +185,7 @@ def resume(
     name: Annotated[str, typer.Argument(help="The sweep to finish.", show_default=False)],
     results: Results = "results",
     address: Address = None,
-    backend: Backend = BackendName.RAY,
+    backend: BackendChoice = BackendName.RAY,
     retry_failed: RetryFailed = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -180,7 +194,7 @@ def resume(
 
     Runs every planned run that is not in the results yet (and the failed ones with
     --retry-failed)."""
-    with user_errors():
+    with user_errors(), interrupted_before_running():
         the_plan = prepare_resume(results, name, retry_failed=retry_failed)
     execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
 
@@ -204,36 +218,54 @@ def say(message: str, silent: bool) -> None:
 
 def execute(the_plan: Plan, results: str, address: str | None, backend: BackendName,
             mode: Mode = Mode.NORMAL) -> None:
-    """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably."""
-    silent = mode is not Mode.NORMAL
+    """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably. Once the
+    families are done, nothing can be interrupted any more: Ctrl-C is ignored while the
+    summary prints and the embedded Ray shuts down."""
     with user_errors():
         runner = make_backend(backend, address)
-        summary: LaunchSummary | None = None
-        with ctrl_c_stops_the_sweep():
-            try:
-                if the_plan.families:  # packed to fit what the backend offers
-                    runner.start(the_plan.spec.resources)
-                    the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources))
-                total = sum(f.size for f in the_plan.families)
-                say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
-                    f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
-                    silent)
-                if not the_plan.families:
-                    say("nothing to run: every planned run is in the results already", silent)
-                with SweepProgress(the_plan, out, enabled=not silent) as progress:
-                    summary = run_plan(the_plan, results, runner, on_done=progress.advance)
-            except KeyboardInterrupt:
-                say_error("interrupted: finished families are kept, running ones stop with this process")
-                err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
-                          highlight=False, soft_wrap=True)
-                if backend is BackendName.RAY:
-                    # Everything finished is on disk. Ray ends the tasks of a driver that is
-                    # gone; its own teardown can abort the process (seen with Ray 2.60),
-                    # so leave without it.
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(EXIT_INTERRUPTED)
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+    try:
+        summary = run_with_progress(the_plan, results, runner, address, backend, silent=mode is not Mode.NORMAL)
+    except BaseException:
+        runner.close()
+        raise
+    with sigint_ignored():
+        try:
+            report_summary(summary, the_plan.sweep, results, address, backend, mode)
+        finally:
+            runner.close()
+
+
+def run_with_progress(the_plan: Plan, results: str, runner: Backend, address: str | None,
+                      backend: BackendName, silent: bool) -> LaunchSummary:
+    with user_errors(), ctrl_c_stops_the_sweep():
+        try:
+            if the_plan.families:  # packed to fit what the backend offers
+                runner.start(the_plan.spec.resources)
+                the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources))
+            total = sum(f.size for f in the_plan.families)
+            say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
+                f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
+                silent)
+            if not the_plan.families:
+                say("nothing to run: every planned run is in the results already", silent)
+            with SweepProgress(the_plan, out, enabled=not silent) as progress:
+                return run_plan(the_plan, results, runner, on_done=progress.advance)
+        except KeyboardInterrupt:
+            say_error("interrupted: finished families are kept, running ones stop with this process")
+            err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
+                      highlight=False, soft_wrap=True)
+            if backend is BackendName.RAY:
+                # Everything finished is on disk. Ray ends the tasks of a driver that is
+                # gone; its own teardown can abort the process (seen with Ray 2.60),
+                # so leave without it.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def report_summary(summary: LaunchSummary, sweep: str, results: str, address: str | None,
+                   backend: BackendName, mode: Mode) -> None:
     if summary.removed:
         warn(f"removed {len(summary.removed)} damaged or leftover files of earlier interruptions: "
              + ", ".join(map(str, summary.removed[:5])))
@@ -247,7 +279,7 @@ def execute(the_plan: Plan, results: str, address: str | None, backend: BackendN
     if summary.total("n_failed"):
         say_error(f"{summary.total('n_failed')} runs failed; see them with: theoryscope query "
                   f"\"SELECT run_id, error FROM runs WHERE status = 'failed'\"; run them again with: "
-                  f"{resume_command(the_plan.sweep, results, address, backend)} --retry-failed")
+                  f"{resume_command(sweep, results, address, backend)} --retry-failed")
         raise typer.Exit(1)
 
 
@@ -394,5 +426,14 @@ def tables(results: Results = "results") -> None:
         out.print(table)
 
 
+def main() -> None:
+    """The ``theoryscope`` command. Once a command is over, Ctrl-C can no longer cut the
+    process's own exit short (an interpreter shutting down dies of SIGINT, exit -2)."""
+    try:
+        app()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    app()
+    main()

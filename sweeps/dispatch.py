@@ -49,6 +49,9 @@ class Backend(Protocol):
         """How many families of ``resources`` run at once and the memory each may fill
         (after ``start``); None if unknown."""
 
+    def close(self) -> None:
+        """Release what ``start`` started; idempotent."""
+
 
 class LocalBackend:
     """Families one after another, in this process."""
@@ -56,9 +59,13 @@ class LocalBackend:
     def start(self, resources: ResourceSpec) -> None:
         pass  # a family asking for a GPU where there is none trains on the CPU
 
+    def close(self) -> None:
+        pass
+
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
-        for job in jobs:
-            on_done(execute_family(job))
+        with torch_threads(family_threads(resources)):
+            for job in jobs:
+                on_done(execute_family(job))
 
     def capacity(self, resources: ResourceSpec) -> Capacity | None:
         """One family at a time, with this machine's memory (or its GPU's)."""
@@ -73,9 +80,11 @@ class RayBackend:
     """One Ray task per family, with the spec's CPUs and GPUs.
 
     With no address (and no ``RAY_ADDRESS``) ``ray.init`` starts a local Ray on this
-    machine, without a dashboard and with Ray's token authentication left as Ray sets it.
-    With an address it joins that cluster and ships theoryscope's packages to it.
-    A Ray session already open in this process (a notebook, a test) is reused.
+    machine: no dashboard, every port bound to 127.0.0.1, Ray's token authentication
+    left as Ray sets it, and health checks patient enough for a machine whose every core
+    is busy. With an address it joins that cluster and ships theoryscope's packages to
+    it. A Ray session already open in this process (a notebook, a test) is reused, and
+    left open by ``close``.
     """
 
     def __init__(self, address: str | None = None,
@@ -87,6 +96,9 @@ class RayBackend:
         # driver's tasks (and the embedded Ray dies with it). Cancelling races with tasks
         # that are finishing, which Ray 2.60 can answer by aborting the driver.
         self.cancel_on_interrupt = cancel_on_interrupt
+        self.started_here = False  # whether ``close`` shuts Ray down
+        self.restarts = 0  # times the embedded Ray was started again after it died
+        self._warming: list = []  # the warm-up tasks of the embedded Ray's workers
 
     def start(self, resources: ResourceSpec) -> None:
         import ray
@@ -106,17 +118,35 @@ class RayBackend:
             # Nodes of an existing cluster need not have theoryscope installed: ship our
             # packages with the job (they still need torch, numpy, pyarrow).
             options["runtime_env"] = {"py_modules": [str(Path(m.__file__).parent) for m in (core, sweeps, storage)]}
+        else:
+            options |= {"_node_ip_address": LOOPBACK, "_system_config": EMBEDDED_SYSTEM_CONFIG}
         try:
-            with _daemons_ignore_ctrl_c(started_here=not self.address):
+            with sigint_ignored(not self.address), _loopback_only(not self.address):
                 ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None
+        self.started_here = True
         if not self.address:
             # Fresh workers spend seconds importing torch and theoryscope; let them do it
             # while the driver plans and records the sweep, not on the first families' clock.
             warm = ray.remote(num_cpus=1)(warm_worker)
             self._warming = [warm.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))]
+
+    def close(self) -> None:
+        """Shut down the Ray this backend started (not a session it reused); Ctrl-C
+        cannot interrupt it half-way, since everything is already on disk."""
+        import ray
+
+        if not (self.started_here and ray.is_initialized()):
+            return
+        with sigint_ignored():
+            if self._warming:  # let warm-up imports finish: Ray complains about tasks it drops
+                with contextlib.suppress(Exception):
+                    ray.wait(self._warming, num_returns=len(self._warming), timeout=WARM_WAIT_SECONDS)
+            self._warming = []
+            ray.shutdown()
+        self.started_here = False
 
     def capacity(self, resources: ResourceSpec) -> Capacity | None:
         """From the live nodes' Ray resources; a GPU's memory is asked of a GPU task when
@@ -135,30 +165,25 @@ class RayBackend:
 
     def run(self, jobs: Sequence[FamilyJob], resources: ResourceSpec, on_done: OnDone) -> None:
         """Submit every family, report each as it finishes. A family whose worker died
-        more often than ``max_retries`` is recorded as failed. On KeyboardInterrupt every
-        family still running or queued is cancelled (finished families stay) and the
-        interrupt propagates."""
+        more often than ``max_retries`` is recorded as failed. If the embedded Ray itself
+        dies (its raylet lost, as happens on an overloaded machine), it is started again
+        and the families it lost are submitted again, up to ``MAX_LOCAL_RESTARTS`` times.
+        On KeyboardInterrupt every family still running or queued is cancelled (finished
+        families stay) and the interrupt propagates."""
         import ray
-        from ray.exceptions import RayError
 
         self.start(resources)
-        threads = max(1, math.floor(resources.num_cpus))
-        task = ray.remote(self.task).options(
-            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-            max_retries=resources.max_retries, retry_exceptions=False,
-        )
-        pending = {task.remote(job, threads): job for job in jobs}
+        submit = self._submitter(resources)
+        pending = {submit(job): job for job in jobs}
         try:
             while pending:
-                # A timeout, so a Ctrl-C is seen promptly.
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for ref in done:
-                    job = pending.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except RayError as exc:  # the worker died past its retries, or our code raised
-                        outcome = record_failure(job, _one_line(exc))
-                    on_done(outcome)
+                try:
+                    self._collect(pending, on_done)
+                except _LocalRayLost:
+                    lost = list(pending.values())
+                    self._restart(resources)
+                    submit = self._submitter(resources)
+                    pending = {submit(job): job for job in lost}
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and not self.cancel_on_interrupt:
                 raise
@@ -170,14 +195,102 @@ class RayBackend:
                     ray.cancel(ref)
             raise
 
+    def _submitter(self, resources: ResourceSpec) -> Callable[[FamilyJob], object]:
+        import ray
+
+        task = ray.remote(self.task).options(
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+            max_retries=resources.max_retries, retry_exceptions=False,
+        )
+        threads = family_threads(resources)
+        return lambda job: task.remote(job, threads)
+
+    def _collect(self, pending: dict, on_done: OnDone) -> None:
+        """Wait for the next finished families and report them (removing them from
+        ``pending``); raises ``_LocalRayLost`` when the embedded Ray has died."""
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)  # a timeout, so Ctrl-C is seen
+        except RayError as exc:
+            if self._local_ray_lost(exc):
+                raise _LocalRayLost from exc
+            raise
+        for ref in done:
+            try:
+                outcome = ray.get(ref)
+            except RayError as exc:  # the worker died past its retries, or our code raised
+                if self._local_ray_lost(exc):
+                    raise _LocalRayLost from exc
+                outcome = record_failure(pending[ref], _one_line(exc))
+            del pending[ref]
+            on_done(outcome)
+
+    def _local_ray_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the embedded Ray's own node is gone (and may be restarted)."""
+        from ray.exceptions import LocalRayletDiedError, NodeDiedError, RaySystemError
+
+        lost = isinstance(exc, (LocalRayletDiedError, NodeDiedError, RaySystemError))
+        return lost and not self.address and self.started_here and self.restarts < MAX_LOCAL_RESTARTS
+
+    def _restart(self, resources: ResourceSpec) -> None:
+        import ray
+
+        self.restarts += 1
+        logging.getLogger(__name__).warning("the local Ray died; starting it again (%d of %d)",
+                                            self.restarts, MAX_LOCAL_RESTARTS)
+        with sigint_ignored(), contextlib.suppress(Exception):
+            ray.shutdown()
+        self.started_here = False
+        self.start(resources)
+
+
+class _LocalRayLost(Exception):
+    """The embedded Ray's node died under the driver."""
+
+
+# The embedded Ray listens on the loopback interface only: nothing off this machine
+# needs to reach it.
+LOOPBACK = "127.0.0.1"
+# Health checks of the embedded Ray: Ray marks a node dead after its raylet misses
+# `failure_threshold` checks of `timeout_ms`; on a machine whose every core is busy a
+# raylet can be that slow without being dead, and one node marked dead is the whole
+# embedded cluster. About two minutes instead of Ray's default of under a minute.
+EMBEDDED_SYSTEM_CONFIG = {"health_check_timeout_ms": 20_000, "health_check_period_ms": 5_000,
+                          "health_check_failure_threshold": 6}
+MAX_LOCAL_RESTARTS = 2
+# How long ``close`` lets the workers' warm-up imports finish before shutting down.
+WARM_WAIT_SECONDS = 10.0
+
 
 @contextlib.contextmanager
-def _daemons_ignore_ctrl_c(started_here: bool) -> Iterator[None]:
-    """Start the embedded Ray's daemons with SIGINT ignored (the disposition survives
-    exec). A terminal sends Ctrl-C to its whole foreground process group, which holds
-    those daemons too; they must not die under the driver, which cancels the families
-    and shuts Ray down itself."""
-    if not started_here or threading.current_thread() is not threading.main_thread():
+def _loopback_only(active: bool) -> Iterator[None]:
+    """Make Ray see this machine's address as 127.0.0.1 while it starts its local
+    daemons, so that they bind the loopback interface only. Ray does that by itself on
+    macOS and Windows; on Linux it takes the address other hosts would reach, and
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is turned back into that address."""
+    if not active:
+        yield
+        return
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+@contextlib.contextmanager
+def sigint_ignored(active: bool = True) -> Iterator[None]:
+    """SIGINT ignored meanwhile. While the embedded Ray's daemons start, because the
+    disposition survives exec: a terminal sends Ctrl-C to its whole foreground process
+    group, which holds those daemons too, and they must not die under the driver. While
+    Ray shuts down, because a KeyboardInterrupt inside its teardown ends in a traceback
+    or a crash, and there is nothing left to interrupt."""
+    if not active or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,6 +298,25 @@ def _daemons_ignore_ctrl_c(started_here: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def family_threads(resources: ResourceSpec) -> int:
+    """Torch threads of a family: the CPUs it was given (at least one), so families
+    sharing a machine do not oversubscribe it."""
+    return max(1, math.floor(resources.num_cpus))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` torch threads, then restore the caller's setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _remote_gpu_bytes(resources: ResourceSpec, timeout: float = 60.0) -> int:
