@@ -115,6 +115,34 @@ def check_root(root: FilePath) -> None:
         raise StorageError(f"--results {root} is a file; give a directory (it is created if missing)")
 
 
+RESULTS_FIX = "pass --results DIR or set THEORYSCOPE_RESULTS"
+
+
+def existing_root(results: ResultsLike) -> FilePath:
+    """The results root that a read-only command reads: a local one must be a directory
+    already, so a mistyped path is named instead of read as empty (and nothing is
+    created). In an object store a missing prefix is only an empty one; a file or a
+    store that cannot be reached is refused."""
+    root = results_root(results)
+    if isinstance(root, Path):
+        try:
+            if root.is_dir():
+                return root
+            there = root.exists()
+        except OSError as exc:
+            raise StorageError(f"cannot read results directory {root}: {exc.strerror or exc}") from None
+        if there:
+            raise StorageError(f"--results {root} is a file, not a results directory ({RESULTS_FIX})")
+        raise StorageError(f"results directory {root} does not exist (launch a sweep first, or {RESULTS_FIX})")
+    try:
+        kind = root.fs.get_file_info(root.path).type
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageError(f"--results {root}: cannot reach it: {first_line(exc)}") from None
+    if kind == pafs.FileType.File:
+        raise StorageError(f"--results {root} is a file, not a results directory ({RESULTS_FIX})")
+    return root
+
+
 def host() -> str:
     return socket.gethostname().replace("-", "_")
 

@@ -10,18 +10,27 @@ Local results are read by DuckDB itself. Results in an object store (a ``--resul
 URI) are read through pyarrow: each table's files become an Arrow dataset registered
 with the connection, so DuckDB needs no extension and no credentials of its own, and the
 locked-down connection reaches no file at all.
+
+DuckDB spills to its ``temp_directory`` and allows SQL to read there whatever
+``allowed_directories`` says; its default is ``<cwd>/.tmp/``, where the user's own files
+may be. Each connection spills instead to a fresh private directory (``tempfile.mkdtemp``,
+mode 0700) that holds nothing but its own spill files and is removed when it closes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from core.errors import QueryError, first_line
-from storage.location import ResultsLike, StorePath, results_root
+from storage.location import ResultsLike, StorePath, existing_root, results_root
 from storage.parquet import Scan, scan
 from storage.schemas import TABLES
 
@@ -120,16 +129,31 @@ ENRICHED = {
 }
 
 
-def connect(results: ResultsLike) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table, and the derived views."""
-    con = duckdb.connect(":memory:")
-    for table in TABLES:
-        stored = view_sql(con, results, table)
-        sql = ENRICHED[table].format(stored=stored) if table in ENRICHED else stored
-        con.execute(f"CREATE VIEW {table} AS {sql}")
-    for view, sql in DERIVED.items():
-        con.execute(f"CREATE VIEW {view} AS {sql}")
-    return con
+@contextlib.contextmanager
+def connect(results: ResultsLike) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with one view per table, and the derived views,
+    spilling to a private directory of its own; closed and that directory removed on
+    exit. ``results`` must exist (``existing_root``): reading creates nothing."""
+    root = existing_root(results)
+    try:
+        spill = tempfile.mkdtemp(prefix="theoryscope-duckdb-")
+    except OSError as exc:
+        raise QueryError(f"cannot make a spill directory in {tempfile.gettempdir()} (set TMPDIR): "
+                         f"{exc.strerror or exc}") from None
+    try:
+        con = duckdb.connect(":memory:", config={"temp_directory": spill})
+        try:
+            for table in TABLES:
+                stored = view_sql(con, root, table)
+                sql = ENRICHED[table].format(stored=stored) if table in ENRICHED else stored
+                con.execute(f"CREATE VIEW {table} AS {sql}")
+            for view, sql in DERIVED.items():
+                con.execute(f"CREATE VIEW {view} AS {sql}")
+            yield con
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -160,8 +184,10 @@ def check_read_only(sql: str) -> None:
 def lock_down(con: duckdb.DuckDBPyConnection, results: ResultsLike, memory_limit: str = MEMORY_LIMIT,
               threads: int = THREADS) -> None:
     """After the views exist: files only under ``results`` (none at all for results in
-    an object store, which the views read through Arrow), no extensions fetched or
-    loaded, bounded memory and threads, and settings locked so SQL cannot undo any of it."""
+    an object store, which the views read through Arrow) and in the connection's private
+    spill directory (DuckDB allows its ``temp_directory`` by itself), no extensions
+    fetched or loaded, bounded memory and threads, and settings locked so SQL cannot undo
+    any of it."""
     root = results_root(results)
     allowed = "" if isinstance(root, StorePath) else sql_string(str(root) + "/")
     for setting in (f"allowed_directories = [{allowed}]", "enable_external_access = false",
@@ -174,29 +200,25 @@ def run_query(results: ResultsLike, sql: str, timeout: float = DEFAULT_TIMEOUT) 
     """Run one read-only statement against the views of a locked-down DuckDB; anything
     refused, failing or running past ``timeout`` seconds raises ``QueryError``."""
     check_read_only(sql)
-    con = connect(results)
-    lock_down(con, results)
-    timer = threading.Timer(timeout, con.interrupt)
-    timer.start()
-    try:
-        relation = con.sql(sql)
-        # DuckDB 2 names it to_arrow_table; 1.x returns a Table from arrow().
-        to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow
-        return to_arrow()
-    except duckdb.InterruptException:
-        raise QueryError(f"query stopped after {timeout:g} s (--timeout)") from None
-    except duckdb.Error as exc:
-        raise QueryError(f"query failed: {first_line(exc)}") from None
-    finally:
-        timer.cancel()
-        con.close()
+    with connect(results) as con:
+        lock_down(con, results)
+        timer = threading.Timer(timeout, con.interrupt)
+        timer.start()
+        try:
+            relation = con.sql(sql)
+            # DuckDB 2 names it to_arrow_table; 1.x returns a Table from arrow().
+            to_arrow = getattr(relation, "to_arrow_table", None) or relation.arrow
+            return to_arrow()
+        except duckdb.InterruptException:
+            raise QueryError(f"query stopped after {timeout:g} s (--timeout)") from None
+        except duckdb.Error as exc:
+            raise QueryError(f"query failed: {first_line(exc)}") from None
+        finally:
+            timer.cancel()
 
 
 def describe_views(results: ResultsLike) -> dict[str, list[tuple[str, str]]]:
     """Each view's columns as (name, DuckDB type)."""
-    con = connect(results)
-    try:
+    with connect(results) as con:
         return {view: [(row[0], row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()]
                 for view in (*TABLES, *DERIVED)}
-    finally:
-        con.close()

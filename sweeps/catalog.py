@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
+import shlex
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from core.errors import SweepNotFound
 from storage import schemas
-from storage.location import ResultsLike, read_parquet
+from storage.location import ResultsLike, existing_root, read_parquet, root_text
 from storage.parquet import scan, table_path, write_atomic
 from sweeps.load import parse_spec
 from sweeps.plan import expand_runs
@@ -37,7 +40,30 @@ def find_sweep(results: ResultsLike, sweep: str) -> SweepRecord | None:
 
 
 def list_sweeps(results: ResultsLike) -> list[str]:
-    return sorted({p.parent.name.removeprefix("sweep=") for p in scan(results, "sweeps").complete})
+    """The sweeps recorded in ``results``, which must exist (``existing_root``)."""
+    root = existing_root(results)
+    return sorted({p.parent.name.removeprefix("sweep=") for p in scan(root, "sweeps").complete})
+
+
+def sweep_not_found(results: ResultsLike, sweep: str) -> SweepNotFound:
+    """The error for a name with no record: which sweeps there are, a damaged record if
+    there is one, and how to recover a sweep whose launch was stopped before it wrote its
+    record (launching the spec again: what is in the results is not run twice)."""
+    root = existing_root(results)
+    names = list_sweeps(root)
+    message = f"no sweep named {sweep!r} in {root_text(root)} (sweeps there: {', '.join(names) or 'none'})"
+    close = difflib.get_close_matches(sweep, names, n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    found = scan(root, "sweeps", sweep)
+    broken = found.damaged + found.leftovers
+    launch = shlex.join(["theoryscope", "launch", "SPEC.toml", "--name", sweep, "--results", root_text(root)])
+    if broken:
+        listed = ", ".join(map(str, broken[:3])) + (", ..." if len(broken) > 3 else "")
+        return SweepNotFound(f"{message}; its record in the sweeps table is damaged or half-written ({listed}): "
+                             f"launch its spec again to record it anew (runs already done are kept): {launch}")
+    return SweepNotFound(f"{message}; if its launch was interrupted before it was recorded, launch the spec "
+                         f"again: {launch}")
 
 
 def same_experiment(a: SweepSpec, b: SweepSpec) -> bool:

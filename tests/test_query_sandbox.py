@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import stat
+import tempfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -96,3 +100,69 @@ def test_exports_are_written_by_theoryscope(results, tmp_path):
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.json").exists()
     assert json.loads(runner.invoke(app, ["query", "SELECT 1 AS one", "--results", str(results),
                                           "--format", "json"]).stdout) == [{"one": 1}]
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """A secret where DuckDB's default temp directory is (``<cwd>/.tmp/``, which DuckDB
+    adds to ``allowed_directories`` by itself), and one in the system temp directory
+    (where the private spill directories are made)."""
+    cwd = tmp_path / "cwd"
+    (cwd / ".tmp").mkdir(parents=True)
+    (cwd / ".tmp" / "s.csv").write_text("secret,1\n")
+    monkeypatch.chdir(cwd)
+    system = Path(tempfile.mkdtemp(prefix="theoryscope-test-"))
+    (system / "s.csv").write_text("secret,2\n")
+    yield {"cwd": cwd, "tmp": Path(tempfile.gettempdir()), "system": system}
+    shutil.rmtree(system)
+
+
+PLANTED = [
+    "SELECT * FROM read_csv('{cwd}/.tmp/s.csv')",
+    "SELECT * FROM read_csv('.tmp/s.csv')",
+    "SELECT * FROM read_text('{cwd}/.tmp/s.csv')",
+    "SELECT * FROM read_blob('.tmp/s.csv')",
+    "SELECT * FROM glob('{cwd}/.tmp/*')",
+    "SELECT * FROM glob('.tmp/*')",
+    "SELECT * FROM read_csv('{system}/s.csv')",
+    "SELECT * FROM read_text('{system}/s.csv')",
+    "SELECT * FROM glob('{tmp}/*')",
+]
+
+
+@pytest.mark.parametrize("sql", PLANTED, ids=[p[14:50] for p in PLANTED])
+def test_files_in_temp_directories_are_out_of_reach(results, planted, sql):
+    with pytest.raises(QueryError) as info:
+        run_query(results, sql.format(**planted))
+    assert "secret" not in str(info.value) and str(info.value).startswith("query failed")
+
+
+def test_the_cli_refuses_a_file_in_the_cwd_temp_directory(results, planted):
+    done = CliRunner().invoke(app, ["query", "SELECT * FROM read_csv('.tmp/s.csv')", "--results", str(results),
+                                    "--format", "csv"])
+    assert done.exit_code == 1 and "secret" not in done.output and "Traceback" not in done.output
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [done.stderr.strip()]
+    assert "query failed" in done.stderr
+
+
+def test_spill_files_go_to_a_fresh_private_directory_that_is_removed(results, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    row = run_query(results, "SELECT current_setting('temp_directory') AS d, "
+                             "(SELECT count(*) FROM glob(current_setting('temp_directory') || '/*')) AS n").to_pylist()
+    spill = Path(row[0]["d"])
+    assert spill.is_absolute() and row[0]["n"] == 0  # nothing in it for SQL to read but its own spill files
+    assert tmp_path not in spill.parents and results not in spill.parents
+    assert not spill.exists() and list(tmp_path.iterdir()) == []  # removed; no .tmp in the cwd
+
+
+def test_a_query_larger_than_memory_spills_under_the_lock(results, tmp_path, monkeypatch):
+    from storage.query import connect, lock_down
+
+    monkeypatch.chdir(tmp_path)
+    with connect(results) as con:
+        lock_down(con, results, memory_limit="64MB")
+        spill = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
+        assert stat.S_IMODE(spill.stat().st_mode) == 0o700
+        sql = "SELECT count(DISTINCT m) FROM (SELECT md5(i::VARCHAR) AS m FROM range(3000000) t(i) ORDER BY m)"
+        assert con.execute(sql).fetchone() == (3000000,)
+    assert not spill.exists() and list(tmp_path.iterdir()) == []

@@ -51,6 +51,7 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_empty_results_give_empty_views_with_the_schema_columns(tmp_path):
+    (tmp_path / "nothing-here").mkdir()
     views = describe_views(tmp_path / "nothing-here")
     assert set(views) == {"sweeps", "runs", "curves", "layers", "bounds", "valleys", "acceleration", "modes",
                           "overtraining"}
