@@ -11,11 +11,18 @@ Readers only ever read *complete* files (``scan``): a ``*.parquet`` file that is
 whole Parquet file (copied in half, cut by a full disk, written by another tool) is
 damaged; a temporary file is the leftover of an interrupted write. ``clean`` removes
 both; ``launch`` and ``resume`` call it, read-only commands only report them.
+
+A group of files published together (a family's files: one per table, all under the
+same name) ends with a *mark* file whose key-value metadata lists the other tables of
+the group (``mark_published``); ``publications`` reads the marks back and tells whole
+groups from groups with a file missing or damaged.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -126,3 +133,64 @@ def read_column(results: ResultsLike, table: str, sweep: str, column: str) -> li
     for path in scan(results, table, sweep).complete:
         values.extend(read_parquet(path, columns=[column]).column(column).to_pylist())
     return values
+
+
+# Key-value metadata of a mark file: the JSON list of the tables whose files, under the
+# mark's own name, were published before it.
+PUBLISHED_KEY = b"theoryscope.tables"
+
+
+def mark_published(table: pa.Table, tables: Iterable[str]) -> pa.Table:
+    """``table`` recording in its schema metadata that its group published ``tables``."""
+    metadata = {**(table.schema.metadata or {}), PUBLISHED_KEY: json.dumps(sorted(tables)).encode()}
+    return table.replace_schema_metadata(metadata)
+
+
+def published_tables(table: pa.Table) -> tuple[str, ...] | None:
+    """What ``mark_published`` recorded in ``table`` (as read back), or None when nothing
+    was (files written before marks recorded their group)."""
+    recorded = (table.schema.metadata or {}).get(PUBLISHED_KEY)
+    if recorded is None:
+        return None
+    try:
+        tables = json.loads(recorded)
+    except ValueError:
+        return None
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        return None
+    return tuple(tables)
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A complete mark file and the files its group owes beside it."""
+
+    mark: FilePath
+    rows: pa.Table  # the mark file's rows (the columns asked for)
+    owed: tuple[str, ...]  # tables with a file of the mark's name in the same partition
+    missing: tuple[str, ...]  # owed tables whose file is absent or not complete
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def publications(results: ResultsLike, mark: str, sweep: str, columns: Sequence[str] | None = None,
+                 unrecorded: Callable[[pa.Table], Iterable[str]] = lambda rows: ()) -> list[Publication]:
+    """Every complete file of table ``mark`` in ``sweep``'s partition, with whether each
+    table it owes has a complete file of the same name there. ``unrecorded(rows)`` says
+    what a mark file without recorded tables owes (``rows`` read with ``columns``)."""
+    complete: dict[str, set[str]] = {}
+
+    def whole(table: str) -> set[str]:  # one scan per owed table, not one read per file
+        if table not in complete:
+            complete[table] = {p.name for p in scan(results, table, sweep).complete}
+        return complete[table]
+
+    found = []
+    for path in scan(results, mark, sweep).complete:
+        rows = read_parquet(path, columns=None if columns is None else list(columns))
+        owed = published_tables(rows)
+        owed = tuple(unrecorded(rows)) if owed is None else owed
+        found.append(Publication(path, rows, owed, tuple(t for t in owed if path.name not in whole(t))))
+    return found

@@ -2,10 +2,12 @@
 
 ``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
 both backends produce identical tables. The family's files are published curves first,
-measure tables next, runs last: a ``runs`` file is the mark that the family is done. While it trains, the
-family checkpoints under ``<results>/checkpoints/sweep=<name>/<family_id>.pt``; a retried
-or resumed family continues from there, and the checkpoint is removed once the rows are
-published.
+measure tables next, runs last: a ``runs`` file is the mark that the family is done, and
+it records which tables the family published (``storage.parquet.mark_published``), so a
+family with one of them missing or damaged is not done (``published_families``). While
+it trains, the family checkpoints under ``<results>/checkpoints/sweep=<name>/<family_id>.pt``;
+a retried or resumed family continues from there, and the checkpoint is removed once the
+rows are published.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
+import pyarrow as pa
 import torch
 
 from core.accelerate import train_acceleration
@@ -21,8 +24,8 @@ from core.allocator import keep_freed_memory
 from core.checkpoint import Checkpointer
 from core.dynamics import train_linear_dynamics
 from core.train import describe_device, pick_device, train_family
-from storage.location import FilePath
-from storage.parquet import partition_dir, table_path, write_atomic
+from storage.location import FilePath, ResultsLike
+from storage.parquet import Publication, mark_published, partition_dir, publications, table_path, write_atomic
 from sweeps.acceleration import acceleration_table
 from sweeps.dynamics import modes_table
 from sweeps.measures import measure_family, snapshot_steps
@@ -89,9 +92,11 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,
                                                      code_version(), _now())
     writing = time.perf_counter()
-    for table, rows in {"curves": curves_table, **measured}.items():
+    published = {"curves": curves_table, **measured}
+    for table, rows in published.items():
         write_atomic(rows, table_path(job.results, table, job.sweep, job.family_id))
-    write_atomic(runs_table, table_path(job.results, "runs", job.sweep, job.family_id))
+    runs_path = table_path(job.results, "runs", job.sweep, job.family_id)
+    write_atomic(mark_published(runs_table, published), runs_path)  # last: the family is done
     checkpoint.remove()
     done = time.perf_counter()
     statuses = runs_table.column("status").to_pylist()
@@ -106,8 +111,22 @@ def record_failure(job: FamilyJob, message: str, device: str = "unknown") -> Fam
     """Publish ``status = 'failed'`` rows for every run of the family. Its checkpoint is
     kept, so ``resume --retry-failed`` continues where it stopped."""
     table = failed_family_table(job.sweep, job.family_id, job.runs, message, code_version(), _now(), device)
-    write_atomic(table, table_path(job.results, "runs", job.sweep, job.family_id))
+    write_atomic(mark_published(table, ()), table_path(job.results, "runs", job.sweep, job.family_id))
     return FamilyOutcome(job.family_id, len(job.runs), 0, 0, len(job.runs), 0.0, device, message)
+
+
+def published_families(results: ResultsLike, sweep: str, columns: tuple[str, ...] = ("run_id", "status")
+                       ) -> list[Publication]:
+    """The sweep's complete ``runs`` files, each with whether every table its family
+    published has its complete file: a family is done only then. ``runs`` files written
+    before they recorded their tables owe ``curves`` unless they record a failure (what
+    every version wrote)."""
+    return publications(results, "runs", sweep, tuple(dict.fromkeys((*columns, "status"))), _published_before)
+
+
+def _published_before(rows: pa.Table) -> tuple[str, ...]:
+    failed = all(s == RunStatus.FAILED.value for s in rows.column("status").to_pylist())
+    return () if failed else ("curves",)
 
 
 def execute_in_worker(job: FamilyJob, num_threads: int) -> FamilyOutcome:

@@ -1,9 +1,13 @@
 """Launch and resume sweeps: plan against what is on disk, record the sweep, run the rest.
 
 What is done is read from the Parquet files alone: a run with a ``runs`` row in a
-complete file of the sweep's partition is not run again (failed runs too, unless retried),
-so launching the same spec twice, or resuming after any interruption, runs exactly what
-is missing.
+complete file of the sweep's partition, whose family has a complete file in every table
+it published, is not run again (failed runs too, unless retried), so launching the same
+spec twice, or resuming after any interruption, runs exactly what is missing.
+
+One driver at a time runs a sweep: ``launch`` holds the sweep's lease
+(``storage.lease``) from before it writes anything until it returns, and a second driver
+is refused while the first is alive.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.errors import SweepNotFound, TheoryscopeError
+from core.errors import TheoryscopeError
+from storage.lease import acquire
 from storage.location import FilePath, ResultsLike, check_root, read_parquet, remove, results_root, root_text
 from storage.parquet import Scan, clean, scan
 from storage.schemas import TABLES
-from sweeps.catalog import find_sweep, list_sweeps, record_sweep, same_experiment
+from sweeps.catalog import find_sweep, record_sweep, same_experiment, sweep_not_found
 from sweeps.dispatch import Backend
-from sweeps.execute import FamilyJob, FamilyOutcome
-from sweeps.plan import Plan, estimate_cost, fit_plan, plan_sweep
+from sweeps.execute import FamilyJob, FamilyOutcome, published_families
+from sweeps.plan import OnPlanned, Plan, estimate_cost, fit_plan, plan_sweep
 from sweeps.records import RunStatus
 from sweeps.spec import SweepSpec
 
@@ -46,18 +51,21 @@ class LaunchSummary:
 
 
 def done_runs(results: ResultsLike, sweep: str, retry_failed: bool = False) -> frozenset[str]:
-    """Run ids with a row in the sweep's complete ``runs`` files (failed ones left out
-    when they are to be retried)."""
+    """Run ids of the sweep's done families: a row in a complete ``runs`` file, and a
+    complete file in every table the family published (``published_families``); failed
+    ones left out when they are to be retried."""
     done = set()
-    for path in scan(results, "runs", sweep).complete:
-        table = read_parquet(path, columns=["run_id", "status"]).to_pylist()
-        done.update(r["run_id"] for r in table if not (retry_failed and r["status"] == RunStatus.FAILED.value))
+    for family in published_families(results, sweep):
+        if family.complete:
+            done.update(r["run_id"] for r in family.rows.to_pylist()
+                        if not (retry_failed and r["status"] == RunStatus.FAILED.value))
     return frozenset(done)
 
 
 def prepare(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, force_new: bool = False,
-            retry_failed: bool = False) -> Plan:
-    """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done.
+            retry_failed: bool = False, on_planned: OnPlanned | None = None) -> Plan:
+    """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done
+    (``on_planned`` hears how far planning is).
 
     A name already used by a different spec is refused, or with ``force_new`` the spec
     gets a fresh name derived from it, so the old results stay apart. Writes nothing.
@@ -73,17 +81,17 @@ def prepare(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, for
                 f"under a new name (--name NEW_NAME), or with --force-new to launch it as {fresh!r} "
                 f"and keep the old results apart")
         sweep = fresh
-    return plan_sweep(spec, sweep, exclude=done_runs(results, sweep, retry_failed))
+    return plan_sweep(spec, sweep, exclude=done_runs(results, sweep, retry_failed), on_planned=on_planned)
 
 
-def prepare_resume(results: ResultsLike, sweep: str, retry_failed: bool = False) -> Plan:
+def prepare_resume(results: ResultsLike, sweep: str, retry_failed: bool = False,
+                   on_planned: OnPlanned | None = None) -> Plan:
     """Plan a recorded sweep again from its stored spec, minus what is done."""
     check_root(results_root(results))
     record = find_sweep(results, sweep)
     if record is None:
-        known = ", ".join(list_sweeps(results)) or "none"
-        raise SweepNotFound(f"no sweep named {sweep!r} in {results} (sweeps there: {known})")
-    return plan_sweep(record.spec(), sweep, exclude=done_runs(results, sweep, retry_failed))
+        raise sweep_not_found(results, sweep)
+    return plan_sweep(record.spec(), sweep, exclude=done_runs(results, sweep, retry_failed), on_planned=on_planned)
 
 
 def _fresh_name(results: ResultsLike, sweep: str, spec: SweepSpec) -> str:
@@ -117,17 +125,59 @@ def _drop_failed_families(results: ResultsLike, plan: Plan) -> None:
             remove(path)
 
 
+def _drop_unfinished_families(results: ResultsLike, sweep: str) -> None:
+    """Remove what families that are not done left behind: the ``runs`` file of a family
+    with a table's file missing or damaged, and files published before a ``runs`` file
+    that never came. Such a family runs again from scratch, so every run ends with exactly
+    one row in every table even if it is packed into a different family this time."""
+    families = published_families(results, sweep)
+    for family in families:
+        if not family.complete:
+            remove(family.mark)  # first: a crash from here on leaves files the loop below removes
+    done = {f.mark.name for f in families if f.complete}
+    for table in TABLES:
+        if table not in ("sweeps", "runs"):
+            for path in scan(results, table, sweep).complete:
+                if path.name not in done:
+                    remove(path)
+
+
+def _catch_up(results: ResultsLike, plan: Plan) -> Plan:
+    """``plan`` without the runs that another driver finished since it was made (while
+    this one waited to take the lease). Runs recorded as failed meanwhile stay planned:
+    this launch retries them."""
+    planned = {r.run_id for f in plan.families for r in f.runs}
+    finished = planned & done_runs(results, plan.sweep, retry_failed=True)
+    if not finished:
+        return plan
+    return plan_sweep(plan.spec, plan.sweep, plan.done | finished, plan.capacity)
+
+
 def launch(plan: Plan, results: ResultsLike, backend: Backend,
            on_done: Callable[[FamilyOutcome], None] | None = None) -> LaunchSummary:
-    """Record the sweep, clean up after earlier interruptions, and run every family of
-    ``plan`` on ``backend``: packed to fit the backend's capacity (``sweeps.capacity``),
-    the largest families submitted first so that the small ones fill the gaps at the end."""
+    """Take the sweep's lease, record the sweep, clean up after earlier interruptions,
+    and run every family of ``plan`` on ``backend``: packed to fit the backend's capacity
+    (``sweeps.capacity``), the largest families submitted first so that the small ones
+    fill the gaps at the end.
+
+    While another driver runs the sweep, this one is refused (``LeaseHeld``), and a
+    results directory it cannot write to is refused (``StorageError``), both before
+    anything is written or trained."""
     results = results_root(results)
+    advice = (f"wait for it to finish or stop it, then run what is left with: theoryscope resume "
+              f"{plan.sweep} --results {root_text(results)}")
+    with acquire(results, f"sweep={plan.sweep}", f"sweep {plan.sweep!r}", advice):
+        return _launch(_catch_up(results, plan), results, backend, on_done)
+
+
+def _launch(plan: Plan, results: FilePath, backend: Backend,
+            on_done: Callable[[FamilyOutcome], None] | None) -> LaunchSummary:
     if plan.families and plan.capacity is None:  # the CLI packs before its progress bar
         plan = fit_plan(plan, backend.capacity(plan.spec.resources))
     record_sweep(results, plan.sweep, plan.spec, len(plan.runs))
     removed = clean_sweep(results, plan.sweep)
     _drop_failed_families(results, plan)
+    _drop_unfinished_families(results, plan.sweep)
     todo = sum(f.size for f in plan.families)
     summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
                             removed=removed)

@@ -1,14 +1,16 @@
-"""Where each sweep stands, from the results directory alone."""
+"""Where each sweep stands, from the results directory alone (which must exist)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from core.errors import SweepNotFound
+import pyarrow.compute as pc
+
 from storage.location import ResultsLike
-from storage.query import run_query
-from sweeps.catalog import find_sweep, list_sweeps
+from sweeps.catalog import find_sweep, list_sweeps, sweep_not_found
+from sweeps.execute import published_families
+from sweeps.records import RunStatus
 
 
 @dataclass(frozen=True)
@@ -38,28 +40,27 @@ class SweepStatus:
 
 def sweep_status(results: ResultsLike, sweep: str | None = None) -> list[SweepStatus]:
     """Status of one sweep, or of every sweep in ``results`` (oldest first)."""
-    names = list_sweeps(results)
+    names = list_sweeps(results)  # refuses results that do not exist
     if sweep is not None:
         if sweep not in names:
-            known = ", ".join(names) if names else "none"
-            raise SweepNotFound(f"no sweep named {sweep!r} in {results} (sweeps there: {known})")
+            raise sweep_not_found(results, sweep)
         names = [sweep]
-    counts = {
-        row["sweep"]: row for row in run_query(results, """
-            SELECT sweep,
-                   count(DISTINCT run_id) FILTER (WHERE status = 'ok') AS ok,
-                   count(DISTINCT run_id) FILTER (WHERE status = 'diverged') AS diverged,
-                   count(DISTINCT run_id) FILTER (WHERE status = 'failed') AS failed,
-                   max(finished_at) AS last_progress
-            FROM runs GROUP BY sweep""").to_pylist()
-    }
     statuses = []
     for name in names:
         record = find_sweep(results, name)
-        row = counts.get(name, {})
+        # Done: the runs of families whose every table has its complete file, as resume
+        # counts them; a family with a file missing or damaged is still to run.
+        runs: dict[str, set[str]] = {s.value: set() for s in RunStatus}
+        finished = []
+        for family in published_families(results, name, ("run_id", "status", "finished_at")):
+            if family.complete:
+                for row in family.rows.select(["run_id", "status"]).to_pylist():
+                    runs.setdefault(row["status"], set()).add(row["run_id"])
+                finished.append(pc.max(family.rows.column("finished_at")).as_py())
+        finished = [t for t in finished if t is not None]
         statuses.append(SweepStatus(
-            sweep=name, planned=record.planned_runs, ok=row.get("ok", 0),
-            diverged=row.get("diverged", 0), failed=row.get("failed", 0),
-            created_at=record.created_at, last_progress=row.get("last_progress"),
+            sweep=name, planned=record.planned_runs, ok=len(runs[RunStatus.OK.value]),
+            diverged=len(runs[RunStatus.DIVERGED.value]), failed=len(runs[RunStatus.FAILED.value]),
+            created_at=record.created_at, last_progress=max(finished, default=None),
         ))
     return sorted(statuses, key=lambda s: s.created_at)
