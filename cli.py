@@ -27,7 +27,7 @@ from sweeps.dispatch import Backend, BackendName, make_backend, sigint_ignored
 from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
 from sweeps.load import check_name, load_spec
 from sweeps.plan import Plan, fit_plan, plan_sweep
-from sweeps.progress import SweepProgress
+from sweeps.progress import PlanningProgress, SweepProgress
 from sweeps.spec import Choice
 from sweeps.status import sweep_status
 
@@ -143,7 +143,9 @@ def plan(spec: SpecPath) -> None:
     with user_errors():
         sweep_spec = load_spec(spec)
         try:
-            the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources))
+            with PlanningProgress(err) as planning:
+                the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources),
+                                      on_planned=planning.advance)
         except DoesNotFit as exc:  # a cluster's nodes may be larger: plan it unpacked
             warn(f"this machine cannot run it: {exc}")
             the_plan = plan_sweep(sweep_spec)
@@ -169,11 +171,12 @@ def launch(
 
     Runs already in the results are not run again, so launching the same spec again
     resumes it."""
-    with user_errors(), interrupted_before_running():
+    with user_errors(), interrupted_before_running(), PlanningProgress(err, not (quiet or as_json)) as planning:
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
-        the_plan = prepare(sweep_spec, results, name, force_new=force_new, retry_failed=retry_failed)
+        the_plan = prepare(sweep_spec, results, name, force_new=force_new, retry_failed=retry_failed,
+                           on_planned=planning.advance)
         if the_plan.sweep != (name or sweep_spec.name):
             say(f"the name {name or sweep_spec.name!r} is taken by a different spec: launching as "
                 f"{the_plan.sweep!r}", quiet or as_json)
@@ -194,8 +197,8 @@ def resume(
 
     Runs every planned run that is not in the results yet (and the failed ones with
     --retry-failed)."""
-    with user_errors(), interrupted_before_running():
-        the_plan = prepare_resume(results, name, retry_failed=retry_failed)
+    with user_errors(), interrupted_before_running(), PlanningProgress(err, not (quiet or as_json)) as planning:
+        the_plan = prepare_resume(results, name, retry_failed=retry_failed, on_planned=planning.advance)
     execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
 
 
@@ -241,7 +244,8 @@ def run_with_progress(the_plan: Plan, results: str, runner: Backend, address: st
         try:
             if the_plan.families:  # packed to fit what the backend offers
                 runner.start(the_plan.spec.resources)
-                the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources))
+                with PlanningProgress(err, not silent) as planning:
+                    the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources), planning.advance)
             total = sum(f.size for f in the_plan.families)
             say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
                 f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",

@@ -173,8 +173,9 @@ def _build_grid(table: Any, spec: SweepSpec) -> tuple[tuple[str, tuple[Any, ...]
             raise SpecError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
         checked = tuple(_check_grid_value(spec, target, v, f"grid.{key}[{i}]")
                         for i, v in enumerate(values))
+        first: dict[Any, int] = {}  # a value's first index: linear in the axis's length
         for i, v in enumerate(checked):
-            if v in checked[:i]:
+            if first.setdefault(v, i) != i:
                 shown = v.value if isinstance(v, Choice) else v
                 raise SpecError(f"grid.{key}[{i}]: {shown!r} appears twice; each value runs once")
         axes.append((target, checked))

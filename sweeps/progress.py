@@ -55,3 +55,41 @@ class SweepProgress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self.progress.stop()
+
+
+class PlanningProgress:
+    """Context manager showing how far the planning of a large grid is (transient, on
+    ``console``), after a warning for a very large one; ``advance`` is the
+    ``on_planned`` callback of ``sweeps.plan``. Small grids plan in a blink and show
+    nothing."""
+
+    SHOWN_FROM = 20_000  # grid points
+    WARNED_FROM = 100_000
+    BYTES_PER_POINT = 6_000  # a planned run in memory, measured on a 10^6-point grid
+
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console, self.enabled = console, enabled
+        self.progress = Progress(TextColumn("planning"), BarColumn(),
+                                 TextColumn("{task.completed:,}/{task.total:,} grid points"),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.task = None
+
+    def advance(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.SHOWN_FROM:
+            return
+        if self.task is None:
+            if total >= self.WARNED_FROM:
+                self.console.print(
+                    f"[yellow]warning:[/] {total:,} grid points: every one is expanded and held in memory "
+                    f"before anything runs (about {total * self.BYTES_PER_POINT / 1024**3:.1f} GiB); several "
+                    f"smaller sweeps start sooner", highlight=False)
+            self.task = self.progress.add_task("planning", total=total)
+            self.progress.start()
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> PlanningProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
