@@ -253,12 +253,14 @@ class _LocalRayLost(Exception):
 # The embedded Ray listens on the loopback interface only: nothing off this machine
 # needs to reach it.
 LOOPBACK = "127.0.0.1"
-# Health checks of the embedded Ray: Ray marks a node dead after its raylet misses
-# `failure_threshold` checks of `timeout_ms`; on a machine whose every core is busy a
-# raylet can be that slow without being dead, and one node marked dead is the whole
-# embedded cluster. About two minutes instead of Ray's default of under a minute.
-EMBEDDED_SYSTEM_CONFIG = {"health_check_timeout_ms": 20_000, "health_check_period_ms": 5_000,
-                          "health_check_failure_threshold": 6}
+# Health checks of the embedded Ray: Ray marks a node dead after its raylet fails
+# `failure_threshold` checks in a row, each one waiting up to `timeout_ms`. On a machine
+# whose every core is busy a raylet can be slow to answer without being dead, and one
+# node marked dead is the whole embedded cluster: an unresponsive raylet is given about
+# 100 s instead of Ray's 50 s, while a killed one (its port closed) is still noticed in
+# about 15 s.
+EMBEDDED_SYSTEM_CONFIG = {"health_check_timeout_ms": 20_000, "health_check_period_ms": 3_000,
+                          "health_check_failure_threshold": 5}
 MAX_LOCAL_RESTARTS = 2
 # How long ``close`` lets the workers' warm-up imports finish before shutting down.
 WARM_WAIT_SECONDS = 10.0
