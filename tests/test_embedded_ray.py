@@ -17,6 +17,7 @@ import torch
 
 import sweeps.dispatch
 import sweeps.execute
+from storage.query import run_query
 from sweeps.dispatch import LocalBackend, RayBackend
 from sweeps.execute import FamilyOutcome, execute_in_worker
 from sweeps.spec import ResourceSpec
@@ -197,3 +198,22 @@ def test_every_path_gives_a_family_its_cpus_as_torch_threads(monkeypatch, num_cp
     execute_in_worker(jobs[0], sweeps.dispatch.family_threads(ResourceSpec(num_cpus=num_cpus)))  # a Ray task's body
     assert seen == [threads]
     torch.set_num_threads(before)
+
+
+def test_a_launch_on_a_machine_with_every_core_busy_completes(write_spec, results):
+    """A busy loop on every core beside the launch: the embedded Ray starts, every family
+    runs, every run is ok (Ray's own start-up and health checks must tolerate it)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        spec = write_spec(SLOW_SPEC.format(extra="").replace("steps = 600", "steps = 60").replace(
+            "depth = [2, 3, 4, 5]", "depth = [2, 3]"))
+        done = subprocess.run([sys.executable, "-m", "cli", "launch", str(spec), "--results", str(results), "--json"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert done.returncode == 0, done.stderr
+    counts = run_query(results, "SELECT count(*) AS n, count(DISTINCT run_id) AS d, "
+                                "count(*) FILTER (WHERE status = 'ok') AS ok FROM runs").to_pylist()
+    assert counts == [{"n": 8, "d": 8, "ok": 8}]
