@@ -209,7 +209,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     peak = matmul_peak(cpus)
     start = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
     # Every variant starts with workers that have imported torch and theoryscope.
     ray.get([ray.remote(num_cpus=1)(warm_worker).remote() for _ in range(cpus)])
     ray_start = time.perf_counter() - start

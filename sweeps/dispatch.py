@@ -122,7 +122,9 @@ class RayBackend:
             options |= {"_node_ip_address": LOOPBACK, "_system_config": EMBEDDED_SYSTEM_CONFIG}
         try:
             with sigint_ignored(not self.address), _loopback_only(not self.address):
-                ray.init(address=self.address, **options)
+                # "local": a new Ray of our own. With no address Ray would join whatever
+                # cluster `ray start` last recorded in /tmp/ray (even a dead one).
+                ray.init(address=self.address or "local", **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "the local machine"
             raise TheoryscopeError(f"cannot start or reach Ray at {where}: {exc}") from None

@@ -80,10 +80,12 @@ def ray_session():
 
     Token authentication stays on: Ray 2.60 turns it on for local clusters by itself
     (setting RAY_AUTH_MODE after ``import ray`` would disagree with Ray's cached config).
+    ``address="local"``: a Ray of its own, never a cluster that `ray start` (a test of
+    this suite, or of another one running beside it) recorded in /tmp/ray.
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()

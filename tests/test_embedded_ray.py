@@ -217,3 +217,23 @@ def test_a_launch_on_a_machine_with_every_core_busy_completes(write_spec, result
     counts = run_query(results, "SELECT count(*) AS n, count(DISTINCT run_id) AS d, "
                                 "count(*) FILTER (WHERE status = 'ok') AS ok FROM runs").to_pylist()
     assert counts == [{"n": 8, "d": 8, "ok": 8}]
+
+
+def test_the_embedded_ray_is_its_own_even_where_ray_start_left_an_address():
+    """`ray start` records its cluster in <tmp>/ray/ray_current_cluster, and a plain
+    ``ray.init()`` joins it, even a dead one; the embedded Ray always starts its own."""
+    import shutil
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))  # short: Ray's socket paths must fit
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
+        script = "from sweeps.dispatch import RayBackend\nfrom sweeps.spec import ResourceSpec\n" \
+                 "b = RayBackend()\nb.start(ResourceSpec())\nimport ray\n" \
+                 "print(ray.get(ray.remote(lambda: 'ran').remote()))\nb.close()\n"
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "RAY_TMPDIR": str(temp)}, start_new_session=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ran", done.stderr[-2000:]
