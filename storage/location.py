@@ -107,12 +107,16 @@ def check_root(root: FilePath) -> None:
         if root.exists() and not root.is_dir():
             raise StorageError(f"--results {root} is a file; give a directory (it is created if missing)")
         return
+    if _store_entry(root) == pafs.FileType.File:
+        raise StorageError(f"--results {root} is a file; give a directory (it is created if missing)")
+
+
+def _store_entry(root: StorePath) -> pafs.FileType:
+    """What a results URI names; a store that cannot be reached is refused."""
     try:
-        kind = root.fs.get_file_info(root.path).type
+        return root.fs.get_file_info(root.path).type
     except (pa.ArrowException, OSError) as exc:
         raise StorageError(f"--results {root}: cannot reach it: {first_line(exc)}") from None
-    if kind == pafs.FileType.File:
-        raise StorageError(f"--results {root} is a file; give a directory (it is created if missing)")
 
 
 RESULTS_FIX = "pass --results DIR or set THEORYSCOPE_RESULTS"
@@ -134,11 +138,7 @@ def existing_root(results: ResultsLike) -> FilePath:
         if there:
             raise StorageError(f"--results {root} is a file, not a results directory ({RESULTS_FIX})")
         raise StorageError(f"results directory {root} does not exist (launch a sweep first, or {RESULTS_FIX})")
-    try:
-        kind = root.fs.get_file_info(root.path).type
-    except (pa.ArrowException, OSError) as exc:
-        raise StorageError(f"--results {root}: cannot reach it: {first_line(exc)}") from None
-    if kind == pafs.FileType.File:
+    if _store_entry(root) == pafs.FileType.File:
         raise StorageError(f"--results {root} is a file, not a results directory ({RESULTS_FIX})")
     return root
 
