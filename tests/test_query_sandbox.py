@@ -160,7 +160,7 @@ def test_a_query_larger_than_memory_spills_under_the_lock(results, tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     with connect(results) as con:
-        lock_down(con, results, memory_limit="64MB")
+        lock_down(con, results, memory_limit="128MB", threads=1)  # one thread: a steady footprint under load
         spill = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
         assert stat.S_IMODE(spill.stat().st_mode) == 0o700
         sql = "SELECT count(DISTINCT m) FROM (SELECT md5(i::VARCHAR) AS m FROM range(3000000) t(i) ORDER BY m)"
