@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core import models
-from core.linear_start import initial_factors
-from core.measures.acceleration import lp_optimum, steps_to_target
-from core.optim import StackedOptimizer
-from core.train import DTYPES, FamilyResult, describe_device, member_hyper, stack_data
-from sweeps.spec import RunSpec
+from theoryscope.core import models
+from theoryscope.core.config import RunSpec
+from theoryscope.core.linear_start import initial_factors
+from theoryscope.core.measures.acceleration import lp_optimum, steps_to_target
+from theoryscope.core.optim import StackedOptimizer
+from theoryscope.core.train import DTYPES, FamilyResult, describe_device, member_hyper, stack_data
 
 
 @dataclass(frozen=True)

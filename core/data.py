@@ -45,11 +45,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core import datasets
-from core.datasets.table import read_table
-from core.errors import SpecError
-from core.seeding import generator
-from sweeps.spec import REAL_DATA, DataKind, DataSpec
+from theoryscope.core import datasets
+from theoryscope.core.config import REAL_DATA, DataKind, DataSpec
+from theoryscope.core.datasets.table import read_table
+from theoryscope.core.errors import SpecError
+from theoryscope.core.seeding import generator
 
 F64 = torch.float64
 REFERENCE_SAMPLES = 2**14

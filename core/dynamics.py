@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core import models
-from core.data import linear_modes_target
-from core.linear_start import initial_factors
-from core.measures.acceleration import end_to_end_update, product
-from core.train import FamilyResult, FamilyTraining, member_losses
-from sweeps.spec import DataKind, Objective, RunSpec
+from theoryscope.core import models
+from theoryscope.core.config import DataKind, Objective, RunSpec
+from theoryscope.core.data import linear_modes_target
+from theoryscope.core.linear_start import initial_factors
+from theoryscope.core.measures.acceleration import end_to_end_update, product
+from theoryscope.core.train import FamilyResult, FamilyTraining, member_losses, objective_scale
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,7 @@ def train_linear_dynamics(runs: Sequence[RunSpec], device: torch.device) -> Dyna
             tensor.copy_(torch.stack(start))
     data = training.data
     lr = torch.tensor([r.train.lr for r in runs], dtype=training.dtype, device=device)
-    scale = 1.0
-    if runs[0].train.objective is Objective.HALF_SUM:
-        scale = data.y_train.shape[1] * data.y_train.shape[2] / 2
+    scale = objective_scale(runs[0].train.objective, data.y_train)
     modes = None
     if runs[0].data.kind is DataKind.LINEAR_MODES:
         targets = [linear_modes_target(r.data) for r in runs]

@@ -15,15 +15,16 @@ import math
 
 import torch
 
-from core.data import linear_modes_target
-from core.measures.acceleration import balanced_factors, identity_factors
-from core.seeding import generator
-from sweeps.spec import Init, RunSpec
+from theoryscope.core.config import Init, RunSpec
+from theoryscope.core.data import linear_modes_target
+from theoryscope.core.datasets.table import input_width
+from theoryscope.core.measures.acceleration import balanced_factors, identity_factors
+from theoryscope.core.seeding import generator
 
 
 def initial_end_to_end(run: RunSpec) -> torch.Tensor:
     """W0 ``[outputs, d]``, float64 on the CPU."""
-    d, o = run.data.n_inputs, run.data.n_outputs
+    d, o = input_width(run.data), run.data.n_outputs
     if run.model.init is Init.DECOUPLED:
         u, _, v = linear_modes_target(run.data)
         return run.model.init_scale * u @ v.T

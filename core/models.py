@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.seeding import generator
-from sweeps.spec import Init, ModelKind, ModelSpec
+from theoryscope.core.config import Init, ModelKind, ModelSpec
+from theoryscope.core.seeding import generator
 
 F64 = torch.float64
 

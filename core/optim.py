@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sweeps.spec import Optimizer
+from theoryscope.core.config import Optimizer
 
 
 @dataclass(frozen=True)
@@ -38,20 +38,21 @@ def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
+# Tensors of optimizer state per parameter tensor: SGD's momentum buffer, Adam's two moments.
+STATE_TENSORS = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}
+
+
 class StackedOptimizer:
     """Applies one kind of update to a list of stacked parameter tensors."""
 
     def __init__(self, kind: Optimizer, hyper: Hyper, params: list[torch.Tensor]):
         self.kind = kind
         self.t = 0
-        self.state = [[torch.zeros_like(p) for _ in range(self._n_states())] for p in params]
+        self.state = [[torch.zeros_like(p) for _ in range(STATE_TENSORS[kind])] for p in params]
         # Per-member hyperparameters broadcast against each parameter, built once.
         names = ("lr", "momentum", "weight_decay", "beta1", "beta2", "eps")
         self.hyper = [{n: _per_member(getattr(hyper, n), p) for n in names} for p in params]
         self.decay = bool((hyper.weight_decay != 0).any())  # one host read, at construction
-
-    def _n_states(self) -> int:
-        return {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[self.kind]
 
     @torch.no_grad()
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], active: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from sweeps.spec import MatmulPrecision
+from theoryscope.core.config import MatmulPrecision
 
 
 @contextlib.contextmanager

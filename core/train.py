@@ -22,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from core import models
-from core.checkpoint import Checkpointer
-from core.data import Dataset, make_dataset
-from core.optim import Hyper, StackedOptimizer
-from core.precision import matmuls_at
-from core.seeding import generator
-from sweeps.spec import DType, MatmulPrecision, Objective, RunSpec
+from theoryscope.core import models
+from theoryscope.core.checkpoint import Checkpoint
+from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec
+from theoryscope.core.data import Dataset, make_dataset
+from theoryscope.core.datasets.table import input_width
+from theoryscope.core.optim import Hyper, StackedOptimizer
+from theoryscope.core.precision import matmuls_at
+from theoryscope.core.seeding import generator
 
 DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT64: torch.float64}
 
@@ -163,7 +164,7 @@ class FamilyTraining:
         self.spec_train, spec_data, spec_model = first.train, first.data, first.model
         self.dtype = DTYPES[self.spec_train.dtype]
         self.data = stack_data(runs, self.dtype, device)
-        dims = spec_model.layer_dims(spec_data.n_inputs, spec_data.n_outputs)
+        dims = spec_model.layer_dims(input_width(spec_data), spec_data.n_outputs)
         self.params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, self.dtype, device)
         self.tensors = self.params.tensors()
         self.optimizer = StackedOptimizer(self.spec_train.optimizer, member_hyper(runs, self.dtype, device), self.tensors)
@@ -237,8 +238,7 @@ class FamilyTraining:
         self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
         self.active &= ~bad
         if training:
-            if self.spec_train.objective is Objective.HALF_SUM:  # (1/2) sum of squares = n O / 2 x mean
-                loss = loss * (yb.shape[1] * yb.shape[2] / 2)
+            loss = loss * objective_scale(self.spec_train.objective, yb)
             total = torch.where(self.active, loss, 0.0).sum()
             grads = torch.autograd.grad(total, self.tensors)
             self.optimizer.step(self.tensors, grads, self.active)
@@ -304,13 +304,21 @@ class FamilyTraining:
         )
 
 
-def train_family(runs: Sequence[RunSpec], device: torch.device, checkpoint: Checkpointer | None = None,
+def objective_scale(objective: Objective, targets: torch.Tensor) -> float:
+    """What the mean squared error is multiplied by to give the objective minimised on
+    regression targets ``[F, n, outputs]``: 1 for "mean"; n x outputs / 2 for "half-sum",
+    since (1/2) sum of squares = (n outputs / 2) x their mean."""
+    return targets.shape[1] * targets.shape[2] / 2 if objective is Objective.HALF_SUM else 1.0
+
+
+def train_family(runs: Sequence[RunSpec], device: torch.device, checkpoint: Checkpoint | None = None,
                  snapshot_steps: Sequence[int] = ()) -> FamilyResult:
     """Train ``runs`` (one family: same shapes and loop) together on ``device``.
 
-    With a ``checkpoint``, training continues from its file if there is one for these
-    runs, and saves to it as often as it says; the caller removes it when done. The
-    weights at ``snapshot_steps`` (those within the run) are kept in the result.
+    With a ``checkpoint`` (``core.checkpoint.Checkpoint``), training continues from its
+    saved state if there is one for these runs, and saves to it as often as it says; the
+    caller removes it when done. The weights at ``snapshot_steps`` (those within the
+    run) are kept in the result.
     """
     training = FamilyTraining(runs, device, snapshot_steps)
     if checkpoint is not None:
@@ -319,7 +327,7 @@ def train_family(runs: Sequence[RunSpec], device: torch.device, checkpoint: Chec
             try:
                 training.load_state_dict(saved)
             except (ValueError, KeyError, RuntimeError) as exc:  # other runs or shapes: start over
-                warnings.warn(f"ignoring checkpoint {checkpoint.path}: {exc}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"ignoring checkpoint {checkpoint}: {exc}", RuntimeWarning, stacklevel=2)
                 training = FamilyTraining(runs, device, snapshot_steps)
     start = time.perf_counter()
     while not training.finished:

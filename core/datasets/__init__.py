@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core.errors import SpecError
+from theoryscope.core.errors import SpecError
 
 HERE = Path(__file__).parent
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",

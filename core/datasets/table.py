@@ -17,13 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.errors import SpecError, first_line
+from theoryscope.core.config import DataSpec
+from theoryscope.core.errors import SpecError, first_line
 
 
 class RegressionTable(NamedTuple):
     x: np.ndarray           # float64 [rows, features], standardised
     y: np.ndarray           # float64 [rows], standardised
     features: tuple[str, ...]
+
+
+def input_width(data: DataSpec) -> int:
+    """Width of the student's input for any data: a table file's feature columns (the
+    file is read, and cached), else ``data.n_inputs``."""
+    if data.from_table:
+        return len(read_table(data.path, data.target_column).features)
+    return data.n_inputs
 
 
 def read_table(path: str, target: str) -> RegressionTable:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -182,3 +183,17 @@ def saxe_mode_time(s: float, u0: float, u_f: float | None = None, tau: float = 1
     if not 0 < u0 < u_f < s:
         raise ValueError(f"need 0 < u0 < u_f < s, got u0={u0}, u_f={u_f}, s={s}")
     return tau / (2 * s) * math.log(u_f * (s - u0) / (u0 * (s - u_f)))
+
+
+def crossing_step(values: np.ndarray, level: float) -> float | None:
+    """First (fractional) step at which ``values [T]`` reaches ``level``, interpolated
+    linearly between the two steps around the crossing; None if it never does (the
+    measured counterpart of ``saxe_mode_time``, in steps)."""
+    above = np.nonzero(values >= level)[0]
+    if len(above) == 0:
+        return None
+    k = int(above[0])
+    if k == 0:
+        return 0.0
+    before, after = values[k - 1], values[k]
+    return k - 1 + float((level - before) / (after - before))

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from core.seeding import generator as named_generator
+from theoryscope.core.seeding import generator as named_generator
 
 Tensor = torch.Tensor
 

@@ -41,9 +41,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from core.optim import Hyper, StackedOptimizer
-from core.seeding import generator
-from sweeps.spec import Optimizer
+from theoryscope.core.config import Optimizer
+from theoryscope.core.optim import Hyper, StackedOptimizer
+from theoryscope.core.seeding import generator
 
 Tensor = torch.Tensor
 BatchLoss = Callable[[Tensor], Tensor]  # points [P, M, D] -> losses [P, M]

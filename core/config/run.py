@@ -1,0 +1,180 @@
+"""A run: one fully specified configuration, and its id.
+
+``run_id`` is a stable hash of the run's canonical JSON, which leaves out every field
+that cannot affect the run (``RunSpec.applies``), so grid points that differ only in such
+fields are one run, and the same config has the same id in every process and machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from theoryscope.core.config.fields import FieldError, omitted, require, section_to_dict
+from theoryscope.core.config.sections import (
+    DataKind, DataSpec, Experiment, Init, MatmulPrecision, ModelKind, ModelSpec, Optimizer, Overparam, TrainSpec,
+)
+
+RUN_SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully specified configuration: what a single net is and how it is trained."""
+
+    experiment: Experiment
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    # Seed of the init and of the minibatch order.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        self._check_experiment()
+        if self.train.batch_size > self.data.n_train:
+            raise FieldError("train.batch_size", f"at most data.n_train = {self.data.n_train}",
+                             self.train.batch_size)
+
+    def _check_experiment(self) -> None:
+        """What an acceleration run needs: l_p data, a deep linear model without biases
+        and with an end-to-end init, full-batch GD or Adam. A linear-dynamics run: a
+        deep linear model without biases on regression data, an end-to-end init, full-batch
+        GD."""
+        lp = self.data.kind is DataKind.LP_REGRESSION
+        end_to_end = (Init.BALANCED, Init.IDENTITY, Init.DECOUPLED)
+        if self.train.matmul_precision is not MatmulPrecision.HIGHEST and self.experiment is not Experiment.TRAIN:
+            raise FieldError("train.matmul_precision", '"highest" outside experiment = "train"',
+                             self.train.matmul_precision.value)
+        if self.model.init is Init.DECOUPLED and self.data.kind is not DataKind.LINEAR_MODES:
+            raise FieldError("model.init", '"balanced" | "identity" unless data.kind = "linear-modes" '
+                             '("decoupled" starts from the target\'s singular vectors)', self.model.init.value)
+        if self.experiment is Experiment.LINEAR_DYNAMICS:
+            needs = [
+                ("data.kind", not (lp or self.data.kind.is_classification), "a regression kind other than "
+                 '"lp-regression"', self.data.kind.value),
+                ("model.kind", self.model.kind is ModelKind.LINEAR, '"linear"', self.model.kind.value),
+                ("model.bias", not self.model.bias, "false", self.model.bias),
+                ("model.init", self.model.init in end_to_end, '"balanced" | "identity" | "decoupled"',
+                 self.model.init.value),
+                ("train.optimizer", self.train.optimizer is Optimizer.GD, '"gd"', self.train.optimizer.value),
+            ]
+            check_needs(needs, self.experiment)
+            self._check_factor_width()
+            return
+        if self.data.kind is DataKind.LINEAR_MODES and self.experiment is not Experiment.LINEAR_DYNAMICS:
+            raise FieldError("data.kind", 'a kind other than "linear-modes" (it needs experiment = '
+                             '"linear-dynamics")', self.data.kind.value)
+        require(self.model.imbalance == 0, "model.imbalance", '0 outside experiment = "linear-dynamics"',
+                 self.model.imbalance)
+        if self.experiment is not Experiment.ACCELERATION:
+            if lp:
+                raise FieldError("data.kind", 'a kind other than "lp-regression" (it needs experiment = '
+                                 '"acceleration")', self.data.kind.value)
+            if self.model.init in (Init.BALANCED, Init.IDENTITY):
+                raise FieldError("model.init", '"default" | "gaussian" outside experiment = "acceleration"',
+                                 self.model.init.value)
+            if self.model.overparam is not Overparam.FULL:
+                raise FieldError("model.overparam", '"full" (the default) outside experiment = "acceleration"',
+                                 self.model.overparam.value)
+            return
+        needs = [
+            ("data.kind", lp, '"lp-regression"', self.data.kind.value),
+            ("model.kind", self.model.kind is ModelKind.LINEAR, '"linear"', self.model.kind.value),
+            ("model.bias", not self.model.bias, "false", self.model.bias),
+            ("model.init", self.model.init in (Init.BALANCED, Init.IDENTITY), '"balanced" | "identity"',
+             self.model.init.value),
+            ("train.optimizer", self.train.optimizer in (Optimizer.GD, Optimizer.ADAM), '"gd" | "adam"',
+             self.train.optimizer.value),
+            ("train.batch_size", self.train.batch_size == 0, "0 (full batch)", self.train.batch_size),
+        ]
+        check_needs(needs, self.experiment)
+
+    def _check_factor_width(self) -> None:
+        """The hidden width must hold the rank of the end-to-end start W0."""
+        if self.model.depth < 2:
+            return
+        d, o = self.data.n_inputs, self.data.n_outputs
+        needed, why = {
+            Init.DECOUPLED: (len(self.data.singular_values), "the target's modes"),
+            Init.BALANCED: (min(d, o), "the rank of a random end-to-end start"),
+            Init.IDENTITY: (o, "the outputs"),
+        }[self.model.init]
+        if self.model.width < needed:
+            raise FieldError("model.width", f"at least {needed} ({why}) for init = {self.model.init.value!r}",
+                             self.model.width)
+
+    def applies(self, section: str, name: str) -> bool:
+        """Whether a field can affect this run. Fields that cannot (width at depth 1,
+        momentum outside "sgd", Adam's settings outside "adam", class settings outside
+        "gaussian-mixture", teacher settings outside "teacher-student", the activation of
+        a model with no hidden layer) are left out of the run id and are NULL in ``runs``,
+        so grid points that differ only in them are one run."""
+        return self._conditional_fields.get((section, name), True)
+
+    @functools.cached_property
+    def _conditional_fields(self) -> dict[tuple[str, str], bool]:
+        """(section, field) -> whether it applies, for the fields that sometimes do not."""
+        kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
+        accelerating = self.experiment is Experiment.ACCELERATION
+        only_if = {
+            ("data", "p"): kind is DataKind.LP_REGRESSION,
+            ("data", "condition"): kind is DataKind.LP_REGRESSION and not self.data.from_table,
+            ("model", "overparam"): accelerating and depth >= 2,
+            ("model", "init"): not (accelerating and depth == 1),  # plain w starts at w0 either way
+            ("model", "imbalance"): self.experiment is Experiment.LINEAR_DYNAMICS and depth >= 2,
+            ("data", "singular_values"): kind is DataKind.LINEAR_MODES,
+            ("train", "lr"): not (accelerating and self.train.lr_grid),
+            ("train", "lr_grid"): accelerating,
+            ("train", "lr_range"): accelerating and isinstance(self.train.lr_grid, int),
+            ("train", "target"): accelerating,
+            ("data", "input_dim"): not kind.is_real and not self.data.from_table,
+            ("data", "path"): kind.reads_files or kind is DataKind.LP_REGRESSION,
+            ("data", "target_column"): self.data.from_table,
+            ("train", "objective"): not kind.is_classification,
+            ("data", "output_dim"): kind is DataKind.TEACHER_STUDENT,
+            ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
+            ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
+            ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
+            ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
+            ("data", "label_noise"): kind is not DataKind.LINEAR_MODES and not self.data.from_table,
+            ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
+            ("train", "momentum"): optimizer is Optimizer.SGD,
+            ("train", "beta1"): optimizer is Optimizer.ADAM,
+            ("train", "beta2"): optimizer is Optimizer.ADAM,
+            ("train", "eps"): optimizer is Optimizer.ADAM,
+        }
+        return only_if
+
+    def to_config(self) -> dict[str, Any]:
+        """The run as plain JSON values, fields that cannot affect it left out; its
+        canonical form defines ``run_id``."""
+        config: dict[str, Any] = {"experiment": self.experiment.value}
+        for section in RUN_SECTIONS:
+            values = section_to_dict(getattr(self, section))
+            config[section] = {k: v for k, v in values.items()
+                               if self.applies(section, k) and not omitted(getattr(self, section), k)}
+        config["seed"] = self.seed
+        return config
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+
+    @functools.cached_property
+    def run_id(self) -> str:
+        """A stable hash of the canonical config: the same id in any process, any machine
+        (computed once per RunSpec; the fields are frozen)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+
+def check_needs(needs: list[tuple[str, bool, str, Any]], experiment: Experiment) -> None:
+    """Raise for the first (field, ok, expected, got) an experiment needs that is not ok."""
+    for name, ok, expected, got in needs:
+        if not ok:
+            raise FieldError(name, f'{expected} for experiment = "{experiment.value}"', got)
+
