@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.errors import StorageError
-from storage.location import write_file_atomic
+from theoryscope.core.errors import StorageError
+from theoryscope.storage.location import write_file_atomic
 
 
 def _plain(value: object) -> object:

@@ -16,7 +16,7 @@ many takers exactly one wins. pyarrow's object-store filesystems have no create-
 so there it is best effort; see ``_acquire_store``.
 
 Leases live beside the tables, not among them: ``storage.query`` and ``storage.parquet``
-read only ``<table>/sweep=*/*.parquet`` for the tables of ``storage.schemas``.
+read only ``<table>/sweep=*/*.parquet`` for the tables they are given (``sweeps.tables``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.errors import StorageError, first_line
-from storage.location import (FilePath, ResultsLike, StorePath, age_seconds, is_file, read_bytes, remove,
-                              results_root, temporary_name, write_file_atomic)
+from theoryscope.core.errors import StorageError, first_line
+from theoryscope.storage.location import (
+    FilePath, ResultsLike, StorePath, age_seconds, is_file, read_bytes, remove, results_root, temporary_name,
+    write_file_atomic,
+)
 
 LEASES = "leases"
 # How often a holder says it is alive, and how long a silent lease is honoured.

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from core.errors import StorageError, first_line
+from theoryscope.core.errors import StorageError, first_line
 
 
 @functools.lru_cache(maxsize=16)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.location import (FilePath, ResultsLike, StorePath, age_seconds, host, list_partitions, open_binary,
-                              read_parquet, remove, results_root, write_file_atomic)
+from theoryscope.storage.location import (
+    FilePath, ResultsLike, StorePath, age_seconds, host, list_partitions, open_binary, read_parquet, remove,
+    results_root, write_file_atomic,
+)
 
 
 def partition_dir(results: ResultsLike, table: str, sweep: str) -> FilePath:

@@ -4,7 +4,9 @@ Each view reads every complete ``<results>/<table>/sweep=*/*.parquet`` file (dam
 files and leftovers of interrupted writes are skipped; ``storage.parquet.scan``) with hive
 partitioning (the ``sweep`` column always a string) and ``union_by_name``, so files
 written by older versions with fewer columns still read, their missing columns null. A
-table with no files yet is an empty view with the table's columns.
+table with no files yet is an empty view with the table's columns. Storage knows rows,
+not measures: which tables exist, with which columns, and the views computed from them
+come in as a ``Views`` (``sweeps.tables`` gathers them from the measures and experiments).
 
 Local results are read by DuckDB itself. Results in an object store (a ``--results``
 URI) are read through pyarrow: each table's files become an Arrow dataset registered
@@ -23,16 +25,16 @@ import contextlib
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from core.errors import QueryError, first_line
-from storage.location import ResultsLike, StorePath, existing_root, results_root
-from storage.parquet import Scan, scan
-from storage.schemas import TABLES
+from theoryscope.core.errors import QueryError, first_line
+from theoryscope.storage.location import ResultsLike, StorePath, existing_root, results_root
+from theoryscope.storage.parquet import Scan, scan
 
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR",
@@ -53,14 +55,26 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(con: duckdb.DuckDBPyConnection, results: ResultsLike, table: str) -> str:
+@dataclass(frozen=True)
+class Views:
+    """What a connection shows: one view per table (``tables``: name -> the columns of
+    its view while it has no files), ``enriched`` tables whose view wraps the files' rows
+    (SQL with ``{stored}`` for them) and ``derived`` views computed from the others."""
+
+    tables: Mapping[str, pa.Schema]
+    derived: Mapping[str, str] = field(default_factory=dict)
+    enriched: Mapping[str, str] = field(default_factory=dict)
+
+
+def view_sql(con: duckdb.DuckDBPyConnection, results: ResultsLike, table: str, schema: pa.Schema) -> str:
     """The SQL of ``table``'s view over its complete files (registering their Arrow
-    dataset with ``con`` when they are in an object store)."""
+    dataset with ``con`` when they are in an object store); with no files, an empty
+    relation with ``schema``'s columns."""
     root = results_root(results)
     files = scan(root, table).complete
     if files and isinstance(root, StorePath):
         dataset = pads.dataset(
-            [f.path for f in files], filesystem=root.fs, format="parquet", schema=TABLES[table],
+            [f.path for f in files], filesystem=root.fs, format="parquet", schema=schema,
             partitioning=pads.partitioning(pa.schema([("sweep", pa.string())]), flavor="hive"),
             partition_base_dir=(root / table).path)
         con.register(f"stored_{table}", dataset)
@@ -69,69 +83,23 @@ def view_sql(con: duckdb.DuckDBPyConnection, results: ResultsLike, table: str) -
         listed = ", ".join(sql_string(str(p)) for p in files)
         return (f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
                 f"union_by_name = true, hive_types = {{'sweep': 'VARCHAR'}})")
-    columns = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in TABLES[table])
+    columns = ", ".join(f"CAST(NULL AS {_duckdb_type(f.type)}) AS {f.name}" for f in schema)
     return f"SELECT {columns} LIMIT 0"
 
 
-def debris(results: ResultsLike) -> Scan:
-    """Damaged and leftover files across every table (complete ones not listed)."""
+def debris(results: ResultsLike, tables: Iterable[str]) -> Scan:
+    """Damaged and leftover files across ``tables`` and the checkpoints (complete ones
+    not listed)."""
     found = Scan()
-    for table in (*TABLES, "checkpoints"):
+    for table in (*tables, "checkpoints"):
         found += scan(results, table)
     found.complete = []
     return found
 
 
-# Views computed from the tables. overtraining: per run, where each test curve is best
-# (the earliest step with the lowest value), its final value, the gap between them and
-# whether early stopping would have helped (Advani & Saxe 2017; Nakkiran et al. 2019); it
-# agrees with core.measures.overtraining.summarize.
-DERIVED = {
-    "overtraining": """
-        WITH best AS (
-            SELECT sweep, run_id, max(step) AS last_step, min(test_loss) AS best_test_loss,
-                   min(test_error) AS best_test_error, min(theory_test_loss) AS theory_best_test_loss
-            FROM curves GROUP BY sweep, run_id)
-        SELECT sweep, run_id,
-               min(step) FILTER (WHERE test_loss = best_test_loss) AS best_step,
-               any_value(best_test_loss) AS best_test_loss,
-               any_value(test_loss) FILTER (WHERE step = last_step) AS final_test_loss,
-               any_value(test_loss) FILTER (WHERE step = last_step) - any_value(best_test_loss) AS overtraining_gap,
-               any_value(test_loss) FILTER (WHERE step = last_step) > any_value(best_test_loss)
-                   AS early_stopping_helps,
-               min(step) FILTER (WHERE test_error = best_test_error) AS best_error_step,
-               any_value(best_test_error) AS best_test_error,
-               any_value(test_error) FILTER (WHERE step = last_step) AS final_test_error,
-               any_value(test_error) FILTER (WHERE step = last_step) - any_value(best_test_error)
-                   AS error_overtraining_gap,
-               min(step) FILTER (WHERE theory_test_loss = theory_best_test_loss) AS theory_best_step,
-               any_value(theory_best_test_loss) AS theory_best_test_loss,
-               any_value(theory_test_loss) FILTER (WHERE step = last_step) AS theory_final_test_loss
-        FROM curves JOIN best USING (sweep, run_id)
-        GROUP BY sweep, run_id""",
-}
-
-
-# Tables whose view adds columns computed across families: the SQL wraps the files' rows
-# (``stored``). acceleration: each run's speed-up over the depth-1 run with the same data,
-# seed, init scale and training settings (Arora, Cohen & Hazan 2018's ratio); where the
-# depth-1 run never reached the target, ratio_at_least = train_steps / steps_to_target.
-ENRICHED = {
-    "acceleration": """
-        WITH stored AS ({stored}),
-        baseline AS (SELECT sweep, baseline_key, any_value(steps_to_target) AS depth1_steps
-                     FROM stored WHERE depth = 1 GROUP BY sweep, baseline_key)
-        SELECT stored.*, CAST(baseline.depth1_steps AS DOUBLE) / stored.steps_to_target AS ratio_vs_depth1,
-               baseline.depth1_steps,
-               CASE WHEN baseline.baseline_key IS NOT NULL AND baseline.depth1_steps IS NULL AND stored.reached
-                    THEN CAST(stored.train_steps AS DOUBLE) / stored.steps_to_target END AS ratio_at_least
-        FROM stored LEFT JOIN baseline USING (sweep, baseline_key)""",
-}
-
-
 @contextlib.contextmanager
-def connect(results: ResultsLike) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB connection with one view per table, and the derived views,
+def connect(results: ResultsLike, views: Views) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with one view per table of ``views``, and its derived views,
     spilling to a private directory of its own; closed and that directory removed on
     exit. ``results`` must exist (``existing_root``): reading creates nothing."""
     root = existing_root(results)
@@ -143,11 +111,11 @@ def connect(results: ResultsLike) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         con = duckdb.connect(":memory:", config={"temp_directory": spill})
         try:
-            for table in TABLES:
-                stored = view_sql(con, root, table)
-                sql = ENRICHED[table].format(stored=stored) if table in ENRICHED else stored
+            for table, schema in views.tables.items():
+                stored = view_sql(con, root, table, schema)
+                sql = views.enriched[table].format(stored=stored) if table in views.enriched else stored
                 con.execute(f"CREATE VIEW {table} AS {sql}")
-            for view, sql in DERIVED.items():
+            for view, sql in views.derived.items():
                 con.execute(f"CREATE VIEW {view} AS {sql}")
             yield con
         finally:
@@ -196,11 +164,11 @@ def lock_down(con: duckdb.DuckDBPyConnection, results: ResultsLike, memory_limit
         con.execute(f"SET {setting}")
 
 
-def run_query(results: ResultsLike, sql: str, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
-    """Run one read-only statement against the views of a locked-down DuckDB; anything
+def run_query(results: ResultsLike, sql: str, views: Views, timeout: float = DEFAULT_TIMEOUT) -> pa.Table:
+    """Run one read-only statement against ``views`` in a locked-down DuckDB; anything
     refused, failing or running past ``timeout`` seconds raises ``QueryError``."""
     check_read_only(sql)
-    with connect(results) as con:
+    with connect(results, views) as con:
         lock_down(con, results)
         timer = threading.Timer(timeout, con.interrupt)
         timer.start()
@@ -217,8 +185,8 @@ def run_query(results: ResultsLike, sql: str, timeout: float = DEFAULT_TIMEOUT) 
             timer.cancel()
 
 
-def describe_views(results: ResultsLike) -> dict[str, list[tuple[str, str]]]:
+def describe_views(results: ResultsLike, views: Views) -> dict[str, list[tuple[str, str]]]:
     """Each view's columns as (name, DuckDB type)."""
-    with connect(results) as con:
+    with connect(results, views) as con:
         return {view: [(row[0], row[1]) for row in con.execute(f"DESCRIBE {view}").fetchall()]
-                for view in (*TABLES, *DERIVED)}
+                for view in (*views.tables, *views.derived)}

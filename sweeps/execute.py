@@ -1,7 +1,8 @@
 """Run one family end to end: train it, turn the result into rows, publish its files.
 
 ``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
-both backends produce identical tables. The family's files are published curves first,
+both backends produce identical tables. How a family trains and which tables it adds is
+its experiment's (``sweeps.experiments``). The family's files are published curves first,
 measure tables next, runs last: a ``runs`` file is the mark that the family is done, and
 it records which tables the family published (``storage.parquet.mark_published``), so a
 family with one of them missing or damaged is not done (``published_families``). While
@@ -19,19 +20,18 @@ from dataclasses import dataclass
 import pyarrow as pa
 import torch
 
-from core.accelerate import train_acceleration
-from core.allocator import keep_freed_memory
-from core.checkpoint import Checkpointer
-from core.dynamics import train_linear_dynamics
-from core.train import describe_device, pick_device, train_family
-from storage.location import FilePath, ResultsLike
-from storage.parquet import Publication, mark_published, partition_dir, publications, table_path, write_atomic
-from sweeps.acceleration import acceleration_table
-from sweeps.dynamics import modes_table
-from sweeps.measures import measure_family, snapshot_steps
-from sweeps.records import RunStatus, failed_family_table, trained_family_tables
-from sweeps.spec import Experiment, MeasureSpec, RunSpec
-from sweeps.version import code_version
+from theoryscope.core.allocator import keep_freed_memory
+from theoryscope.core.config import RunSpec
+from theoryscope.core.train import describe_device, pick_device
+from theoryscope.storage.location import FilePath, ResultsLike
+from theoryscope.storage.parquet import (
+    Publication, mark_published, partition_dir, publications, table_path, write_atomic,
+)
+from theoryscope.sweeps.checkpoints import Checkpointer
+from theoryscope.sweeps.experiments import EXPERIMENTS
+from theoryscope.sweeps.measures import MeasureSpec
+from theoryscope.sweeps.records import RunStatus, failed_family_table, trained_family_tables
+from theoryscope.sweeps.version import code_version
 
 
 @dataclass(frozen=True)
@@ -75,18 +75,8 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
     device = pick_device(job.num_gpus)
     checkpoint = Checkpointer(job.checkpoint_path, every_steps=job.runs[0].train.checkpoint_every)
     try:
-        experiment = job.runs[0].experiment
-        if experiment is Experiment.ACCELERATION:
-            accelerated = train_acceleration(job.runs, device)
-            result = accelerated.family
-            measured = {"acceleration": acceleration_table(job.sweep, job.runs, accelerated)}
-        elif experiment is Experiment.LINEAR_DYNAMICS:
-            dynamics = train_linear_dynamics(job.runs, device)
-            result = dynamics.family
-            measured = {"modes": modes_table(job.sweep, job.runs, dynamics)}
-        else:
-            result = train_family(job.runs, device, checkpoint, snapshot_steps(job.measure, job.runs[0]))
-            measured = measure_family(job.measure, job.sweep, job.runs, result)
+        train = EXPERIMENTS[job.runs[0].experiment].train
+        result, measured = train(job.sweep, job.runs, job.measure, device, checkpoint)
     except Exception as exc:  # recorded in the runs table; the other families carry on
         return record_failure(job, f"{type(exc).__name__}: {exc}", describe_device(device))
     runs_table, curves_table = trained_family_tables(job.sweep, job.family_id, job.runs, result,

@@ -3,7 +3,8 @@
 Checks, in order: the file exists and is TOML; no unknown keys at any level; every value
 has its field's type (ints stay ints, an int is accepted where a float is expected, a
 bool is never a number); every value is in range (``__post_init__`` of the section);
-every grid axis is a non-empty list of distinct, individually valid values. Combinations
+every grid axis is a non-empty list of distinct, individually valid values. What a
+measure needs of the grid is checked by the measure (``sweeps.measures``); combinations
 of grid values are checked when the grid is expanded (``sweeps.plan``).
 """
 
@@ -17,21 +18,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from core.errors import SpecError
-from sweeps.spec import (
-    RUN_SECTIONS,
-    Choice,
-    DataSpec,
-    Experiment,
-    FieldError,
-    MeasureSpec,
-    ModelSpec,
-    ResourceSpec,
-    SweepSpec,
-    TrainSpec,
-    ValleySpec,
-    is_hashed,
+from theoryscope.core.config import (
+    RUN_SECTIONS, Choice, DataSpec, Experiment, FieldError, ModelSpec, TrainSpec, is_hashed,
 )
+from theoryscope.core.errors import SpecError
+from theoryscope.sweeps.experiments import EXPERIMENTS
+from theoryscope.sweeps.measures import MeasureSpec, check_measures
+from theoryscope.sweeps.shorthands import SHORTHANDS
+from theoryscope.sweeps.spec import ResourceSpec, SweepSpec
 
 SECTIONS: dict[str, type] = {
     "data": DataSpec,
@@ -41,15 +35,6 @@ SECTIONS: dict[str, type] = {
     "resources": ResourceSpec,
 }
 TOP_LEVEL_KEYS = ("name", "experiment", "seed", *SECTIONS, "grid")
-
-# Grid names a user may write without a section (DESIGN.md).
-SHORTHANDS = {
-    "depth": "model.depth",
-    "width": "model.width",
-    "init_scale": "model.init_scale",
-    "label_noise": "data.label_noise",
-    "seed": "seed",
-}
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -98,28 +83,13 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
     except FieldError as exc:
         raise SpecError(str(exc)) from None
     grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
-    _check_pairs(spec_wo_grid.measure.valleys, grid)
-    if spec_wo_grid.experiment is not Experiment.TRAIN:
+    check_measures(spec_wo_grid.measure, grid)
+    if not EXPERIMENTS[spec_wo_grid.experiment].takes_measures:
         for measure in dataclasses.fields(MeasureSpec):
             if getattr(spec_wo_grid.measure, measure.name) is not None:
                 raise SpecError(f"measure.{measure.name}: measures apply to experiment = \"train\"; "
                                 f"{spec_wo_grid.experiment.value!r} writes its own tables")
     return dataclasses.replace(spec_wo_grid, grid=grid)
-
-
-def _check_pairs(valleys: ValleySpec | None, grid: tuple[tuple[str, tuple[Any, ...]], ...]) -> None:
-    """Valley pairs need the paired field swept over at least two values."""
-    if valleys is None:
-        return
-    swept = dict(grid).get(valleys.pairs, ())
-    if len(swept) < 2:
-        raise SpecError(f"measure.valleys.pairs: {valleys.pairs} must be swept in [grid] over at least two "
-                        f"values to pair runs (e.g. {_grid_name(valleys.pairs)} = [0, 1])")
-
-
-def _grid_name(target: str) -> str:
-    short = {v: k for k, v in SHORTHANDS.items()}.get(target)
-    return short or f'"{target}"'
 
 
 def check_name(name: str, where: str) -> str:

@@ -16,11 +16,15 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from core import datasets
-from core.data import check_table_rows
-from core.errors import DoesNotFit, SpecError
-from sweeps.pairs import pair_group
-from sweeps.spec import Experiment, FieldError, Optimizer, RunSpec, SweepSpec
+from theoryscope.core import datasets
+from theoryscope.core.config import FieldError, RunSpec
+from theoryscope.core.data import check_table_rows
+from theoryscope.core.datasets.table import input_width
+from theoryscope.core.errors import DoesNotFit, SpecError
+from theoryscope.core.optim import STATE_TENSORS
+from theoryscope.sweeps import measures
+from theoryscope.sweeps.experiments import EXPERIMENTS
+from theoryscope.sweeps.spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -106,14 +110,14 @@ def _show(value: object) -> str:
 
 
 def family_key(run: RunSpec) -> tuple:
-    """What members of one family must share."""
+    """What members of one family must share (and what their experiment adds)."""
     d, m, t = run.data, run.model, run.train
     return (
-        run.experiment, d.kind, d.n_train, d.n_test, d.n_inputs, d.n_outputs,
+        run.experiment, d.kind, d.n_train, d.n_test, input_width(d), d.n_outputs,
         m.kind, m.depth, m.width if run.applies("model", "width") else None,
         m.activation if run.applies("model", "activation") else None, m.bias,
         t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype, t.matmul_precision,
-        m.overparam, len(t.learning_rates()) if run.experiment is Experiment.ACCELERATION else None,
+        m.overparam, *EXPERIMENTS[run.experiment].family_key(run),
     )
 
 
@@ -150,7 +154,7 @@ def pack_families(runs: Sequence[RunSpec], max_family_size: int,
     ``capacity.min_family_flops``.
 
     Runs with the same ``together`` key (the runs a measure compares, such as the ends of
-    valley pairs) are never split between families.
+    valley pairs; ``sweeps.measures.together``) are never split between families.
     """
     groups: dict[tuple, list[RunSpec]] = {}
     for run in runs:
@@ -212,38 +216,51 @@ def family_id(runs: Iterable[RunSpec]) -> str:
 
 def plan_sweep(spec: SweepSpec, sweep: str | None = None, exclude: frozenset[str] = frozenset(),
                capacity: Capacity | None = None, on_planned: OnPlanned | None = None) -> Plan:
-    """Expand and pack a sweep (to fit ``capacity`` when given), then leave out the runs
-    in ``exclude`` (already done). ``on_planned`` hears how far the expansion is.
+    """Expand and check a sweep (``planned_runs``), then pack it (``pack_plan``).
+    ``on_planned`` hears how far the expansion is."""
+    return pack_plan(spec, sweep or spec.name, planned_runs(spec, on_planned), exclude, capacity)
+
+
+def planned_runs(spec: SweepSpec, on_planned: OnPlanned | None = None) -> tuple[RunSpec, ...]:
+    """The sweep's distinct runs, expanded once, with the data files they read checked
+    before anything runs or is written."""
+    runs = expand_runs(spec, on_planned)
+    for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
+        datasets.check_files(kind, path)
+    for data in {r.data for r in runs if r.data.from_table}:
+        check_table_rows(data)
+    return tuple(runs)
+
+
+def pack_plan(spec: SweepSpec, sweep: str, runs: tuple[RunSpec, ...], exclude: frozenset[str] = frozenset(),
+              capacity: Capacity | None = None) -> Plan:
+    """Pack expanded runs into families (to fit ``capacity`` when given), then leave out
+    the runs in ``exclude`` (already done); ``DoesNotFit`` if a run cannot fit at all.
 
     Families are packed from *all* runs before anything is left out, so a family keeps
     its id (and finds its checkpoint) however many times the sweep is resumed on the same
     machines. A family only part of which is done keeps its remaining members, under a
     new id.
     """
-    runs = expand_runs(spec, on_planned)
     check_fits(runs, capacity)
-    for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
-        datasets.check_files(kind, path)  # before anything runs or is written
-    for data in {r.data for r in runs if r.data.from_table}:
-        check_table_rows(data)
     families = []
-    valleys = spec.measure.valleys
-    together = None if valleys is None else (lambda run: pair_group(run, valleys.pairs))
-    for family in pack_families(runs, spec.resources.max_family_size, together, capacity):
+    units = measures.together(spec.measure, runs)
+    for family in pack_families(runs, spec.resources.max_family_size, units, capacity):
         todo = tuple(r for r in family.runs if r.run_id not in exclude)
         if len(todo) == family.size:
             families.append(family)
         elif todo:
             families.append(Family(family_id(todo), todo))
-    return Plan(spec=spec, sweep=sweep or spec.name, runs=tuple(runs), families=tuple(families),
-                grid_points=grid_size(spec), done=exclude, capacity=capacity)
+    return Plan(spec=spec, sweep=sweep, runs=runs, families=tuple(families), grid_points=grid_size(spec),
+                done=exclude, capacity=capacity)
 
 
-def fit_plan(plan: Plan, capacity: Capacity | None, on_planned: OnPlanned | None = None) -> Plan:
-    """``plan`` packed again for ``capacity`` (the same runs left out)."""
+def fit_plan(plan: Plan, capacity: Capacity | None) -> Plan:
+    """``plan`` packed again for ``capacity`` (the same runs, not expanded again, the same
+    ones left out)."""
     if capacity is None or capacity == plan.capacity:
         return plan
-    return plan_sweep(plan.spec, plan.sweep, plan.done, capacity, on_planned)
+    return pack_plan(plan.spec, plan.sweep, plan.runs, plan.done, capacity)
 
 
 @dataclass(frozen=True)
@@ -269,7 +286,7 @@ def member_cost(run: RunSpec) -> MemberCost:
     evaluations) and resident bytes (data, parameters, gradients, optimizer state,
     activations) of one member."""
     d, t = run.data, run.train
-    dims = run.model.layer_dims(d.n_inputs, d.n_outputs)
+    dims = run.model.layer_dims(input_width(d), d.n_outputs)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     params = weights + (sum(dims[1:]) if run.model.bias else 0)
     full_batch = t.batch_size == 0 or t.batch_size >= d.n_train
@@ -278,8 +295,8 @@ def member_cost(run: RunSpec) -> MemberCost:
     evaluated = d.n_test + (0 if full_batch else d.n_train)
     flops = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
     itemsize = 8 if t.dtype.value == "float64" else 4
-    states = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2}[t.optimizer]
-    data = (d.n_train + d.n_test) * (d.n_inputs + d.n_outputs)
+    states = STATE_TENSORS[t.optimizer]
+    data = (d.n_train + d.n_test) * (input_width(d) + d.n_outputs)
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
     resident = itemsize * (data + params * (2 + states) + activations)
     return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run))
@@ -291,14 +308,9 @@ CURVE_ROW_BYTES = 4 * 8 + 4 * 8 + 128
 
 
 def per_step_bytes(run: RunSpec) -> int:
-    """Memory kept for *every* step, not only the logged ones: the acceleration
-    experiment's training loss of each rate tried, and linear-dynamics' mode strengths."""
-    steps = run.train.steps + 1
-    if run.experiment is Experiment.ACCELERATION:
-        return steps * len(run.train.learning_rates()) * 2 * 8
-    if run.experiment is Experiment.LINEAR_DYNAMICS:
-        return steps * len(run.data.singular_values) * 2 * 8
-    return 0
+    """Memory kept for *every* step, not only the logged ones, by the run's experiment
+    (e.g. acceleration's training loss of each rate tried)."""
+    return EXPERIMENTS[run.experiment].per_step_bytes(run)
 
 
 def check_fits(runs: Iterable[RunSpec], capacity: Capacity | None) -> None:

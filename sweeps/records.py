@@ -10,10 +10,10 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from core.train import FamilyResult
-from storage import schemas
-from sweeps.spec import RUN_SECTIONS, Choice, RunSpec, is_hashed
-from sweeps.theory import theory_test_loss
+from theoryscope.core.config import RUN_SECTIONS, Choice, RunSpec, is_hashed
+from theoryscope.core.measures.overtraining import theory_test_loss
+from theoryscope.core.train import FamilyResult
+from theoryscope.storage import schemas
 
 # Config fields whose column name is not the field's own name.
 RENAMED = {("data", "kind"): "dataset", ("model", "kind"): "model", ("data", "seed"): "data_seed"}
@@ -23,6 +23,25 @@ class RunStatus(Choice):
     OK = "ok"
     DIVERGED = "diverged"
     FAILED = "failed"
+
+
+def config_column_names() -> list[str]:
+    """The ``runs`` column of every field that is part of a run's id, plus experiment and seed."""
+    names = ["experiment", "seed"]
+    for section, cls in RUN_SECTIONS.items():
+        names += [RENAMED.get((section, f.name), f.name) for f in dataclasses.fields(cls) if is_hashed(f)]
+    return names
+
+
+def check_runs_schema(schema: pa.Schema, names: list[str]) -> None:
+    """Raise if a config field has no column: ``from_pylist`` would drop it silently."""
+    missing = [n for n in names if n not in schema.names]
+    if missing:
+        raise TypeError(f"the runs table has no column for the spec field(s) {', '.join(missing)}: "
+                        "add them to storage.schemas.RUNS")
+
+
+check_runs_schema(schemas.RUNS, config_column_names())  # at import: a new spec field cannot go unrecorded
 
 
 def config_columns(run: RunSpec) -> dict[str, object]:
