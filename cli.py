@@ -8,28 +8,30 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from core.errors import DoesNotFit, TheoryscopeError
-from storage.export import to_csv, to_json, write_text_atomic
-from storage.location import results_root, root_text
-from storage.parquet import write_atomic
-from storage.query import DEFAULT_TIMEOUT, debris, describe_views, run_query
-from sweeps.capacity import local_capacity
-from sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
-from sweeps.dispatch import Backend, BackendName, make_backend, sigint_ignored
-from sweeps.launch import LaunchSummary, launch as run_plan, prepare, prepare_resume
-from sweeps.load import check_name, load_spec
-from sweeps.plan import Plan, fit_plan, plan_sweep
-from sweeps.progress import PlanningProgress, SweepProgress
-from sweeps.spec import Choice
-from sweeps.status import sweep_status
+from theoryscope.core.config import Choice
+from theoryscope.core.errors import DoesNotFit, TheoryscopeError
+from theoryscope.storage.export import to_csv, to_json, write_text_atomic
+from theoryscope.storage.location import results_root, root_text
+from theoryscope.storage.parquet import write_atomic
+from theoryscope.storage.query import DEFAULT_TIMEOUT
+from theoryscope.sweeps.capacity import local_capacity
+from theoryscope.sweeps.dispatch import BackendName, sigint_ignored
+from theoryscope.sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
+from theoryscope.sweeps.execute import FamilyOutcome
+from theoryscope.sweeps.launch import LaunchEvents, LaunchSummary, resume_sweep, run_sweep
+from theoryscope.sweeps.load import check_name, load_spec
+from theoryscope.sweeps.plan import Plan, pack_plan, plan_sweep, planned_runs
+from theoryscope.sweeps.progress import PlanningProgress, SweepProgress
+from theoryscope.sweeps.status import sweep_status
+from theoryscope.sweeps.tables import debris, describe_views, run_query
 
 app = typer.Typer(
     name="theoryscope", add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -68,14 +70,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="No progress; one JSON summ
 
 def show_version(value: bool) -> None:
     if value:
-        from sweeps.version import code_version
+        from theoryscope.sweeps.version import code_version
 
         out.print(code_version(), highlight=False)
         raise typer.Exit()
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option(
+def options(version: Annotated[bool, typer.Option(
         "--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Train families of nets across a grid on Ray, measure them, and query the results with SQL."""
 
@@ -142,13 +144,13 @@ def plan(spec: SpecPath) -> None:
     Runs nothing."""
     with user_errors():
         sweep_spec = load_spec(spec)
+        with PlanningProgress(err) as planning:
+            runs = planned_runs(sweep_spec, planning.advance)
         try:
-            with PlanningProgress(err) as planning:
-                the_plan = plan_sweep(sweep_spec, capacity=local_capacity(sweep_spec.resources),
-                                      on_planned=planning.advance)
+            the_plan = pack_plan(sweep_spec, sweep_spec.name, runs, capacity=local_capacity(sweep_spec.resources))
         except DoesNotFit as exc:  # a cluster's nodes may be larger: plan it unpacked
             warn(f"this machine cannot run it: {exc}")
-            the_plan = plan_sweep(sweep_spec)
+            the_plan = pack_plan(sweep_spec, sweep_spec.name, runs)
     out.print(plan_view(the_plan), highlight=False)
 
 
@@ -171,16 +173,15 @@ def launch(
 
     Runs already in the results are not run again, so launching the same spec again
     resumes it."""
-    with user_errors(), interrupted_before_running(), PlanningProgress(err, not (quiet or as_json)) as planning:
+    with user_errors(), interrupted_before_running():
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
-        the_plan = prepare(sweep_spec, results, name, force_new=force_new, retry_failed=retry_failed,
-                           on_planned=planning.advance)
-        if the_plan.sweep != (name or sweep_spec.name):
-            say(f"the name {name or sweep_spec.name!r} is taken by a different spec: launching as "
-                f"{the_plan.sweep!r}", quiet or as_json)
-    execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
+    events = TerminalEvents(Mode.of(quiet, as_json), name or sweep_spec.name, backend)
+    in_terminal(lambda: run_sweep(sweep_spec, results, name=name, backend=backend, address=address,
+                                  force_new=force_new, retry_failed=retry_failed, events=events,
+                                  exits_on_interrupt=True),
+                events, results, address, backend)
 
 
 @app.command(epilog="Example: theoryscope resume quickstart --retry-failed")
@@ -197,9 +198,9 @@ def resume(
 
     Runs every planned run that is not in the results yet (and the failed ones with
     --retry-failed)."""
-    with user_errors(), interrupted_before_running(), PlanningProgress(err, not (quiet or as_json)) as planning:
-        the_plan = prepare_resume(results, name, retry_failed=retry_failed, on_planned=planning.advance)
-    execute(the_plan, results, address, backend, Mode.of(quiet, as_json))
+    events = TerminalEvents(Mode.of(quiet, as_json), name, backend)
+    in_terminal(lambda: resume_sweep(name, results, backend=backend, address=address, retry_failed=retry_failed,
+                                     events=events, exits_on_interrupt=True), events, results, address, backend)
 
 
 class Mode(Choice):
@@ -219,53 +220,75 @@ def say(message: str, silent: bool) -> None:
         out.print(message, highlight=False)
 
 
-def execute(the_plan: Plan, results: str, address: str | None, backend: BackendName,
-            mode: Mode = Mode.NORMAL) -> None:
-    """Run a plan with a progress bar and a summary; Ctrl-C stops it resumably. Once the
-    families are done, nothing can be interrupted any more: Ctrl-C is ignored while the
-    summary prints and the embedded Ray shuts down."""
-    with user_errors():
-        runner = make_backend(backend, address)
-    try:
-        summary = run_with_progress(the_plan, results, runner, address, backend, silent=mode is not Mode.NORMAL)
-    except BaseException:
-        runner.close()
-        raise
-    with sigint_ignored():
-        try:
-            report_summary(summary, the_plan.sweep, results, address, backend, mode)
-        finally:
-            runner.close()
+class TerminalEvents(LaunchEvents):
+    """A sweep on the terminal: how far planning is, what will run, then a progress bar
+    of the families as they finish."""
+
+    def __init__(self, mode: Mode, requested: str, backend: BackendName):
+        self.mode, self.requested, self.backend = mode, requested, backend
+        self.silent = mode is not Mode.NORMAL
+        self.planning_bar = PlanningProgress(err, not self.silent)
+        self.bar: SweepProgress | None = None
+        self.plan: Plan | None = None  # known once families are about to run
+
+    def planning(self, done: int, total: int) -> None:
+        self.planning_bar.advance(done, total)
+
+    def running(self, plan: Plan) -> None:
+        self.planning_bar.__exit__(None, None, None)
+        self.plan = plan
+        if plan.sweep != self.requested:
+            say(f"the name {self.requested!r} is taken by a different spec: launching as {plan.sweep!r}",
+                self.silent)
+        total = sum(f.size for f in plan.families)
+        say(f"sweep {plan.sweep}: {len(plan.runs)} runs planned, {len(plan.runs) - total} already done, {total} to "
+            f"run in {len(plan.families)} families ({self.backend.value} backend)", self.silent)
+        if not plan.families:
+            say("nothing to run: every planned run is in the results already", self.silent)
+        self.bar = SweepProgress(plan, out, enabled=not self.silent).__enter__()
+
+    def done(self, outcome: FamilyOutcome) -> None:
+        self.bar.advance(outcome)
+
+    def close(self) -> None:
+        self.planning_bar.__exit__(None, None, None)
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
-def run_with_progress(the_plan: Plan, results: str, runner: Backend, address: str | None,
-                      backend: BackendName, silent: bool) -> LaunchSummary:
+def in_terminal(run: Callable[[], LaunchSummary], events: TerminalEvents, results: str, address: str | None,
+                backend: BackendName) -> None:
+    """Run a sweep with its progress on the terminal, then print the summary; Ctrl-C stops
+    it resumably. Once the families are done, nothing can be interrupted any more: Ctrl-C
+    is ignored while the summary prints."""
     with user_errors(), ctrl_c_stops_the_sweep():
         try:
-            if the_plan.families:  # packed to fit what the backend offers
-                runner.start(the_plan.spec.resources)
-                with PlanningProgress(err, not silent) as planning:
-                    the_plan = fit_plan(the_plan, runner.capacity(the_plan.spec.resources), planning.advance)
-            total = sum(f.size for f in the_plan.families)
-            say(f"sweep {the_plan.sweep}: {len(the_plan.runs)} runs planned, {len(the_plan.runs) - total} "
-                f"already done, {total} to run in {len(the_plan.families)} families ({backend.value} backend)",
-                silent)
-            if not the_plan.families:
-                say("nothing to run: every planned run is in the results already", silent)
-            with SweepProgress(the_plan, out, enabled=not silent) as progress:
-                return run_plan(the_plan, results, runner, on_done=progress.advance)
+            summary = run()
         except KeyboardInterrupt:
-            say_error("interrupted: finished families are kept, running ones stop with this process")
-            err.print(f"resume with: {resume_command(the_plan.sweep, results, address, backend)}",
-                      highlight=False, soft_wrap=True)
-            if backend is BackendName.RAY:
-                # Everything finished is on disk. Ray ends the tasks of a driver that is
-                # gone; its own teardown can abort the process (seen with Ray 2.60),
-                # so leave without it.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(EXIT_INTERRUPTED)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            events.close()
+            interrupted(events.plan, results, address, backend)
+        finally:
+            events.close()
+    with sigint_ignored():
+        report_summary(summary, summary.sweep, results, address, backend, events.mode)
+
+
+def interrupted(plan: Plan | None, results: str, address: str | None, backend: BackendName) -> NoReturn:
+    """Say what an interrupt left and how to go on, then exit 130."""
+    if plan is None:
+        say_error("interrupted before anything ran; nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    say_error("interrupted: finished families are kept, running ones stop with this process")
+    err.print(f"resume with: {resume_command(plan.sweep, results, address, backend)}", highlight=False,
+              soft_wrap=True)
+    if backend is BackendName.RAY:
+        # Everything finished is on disk. Ray ends the tasks of a driver that is gone; its
+        # own teardown can abort the process (seen with Ray 2.60), so leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def report_summary(summary: LaunchSummary, sweep: str, results: str, address: str | None,
@@ -317,7 +340,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 if it failed.")] = False,
 ) -> None:
     """Submit a sweep as a Ray Job: the driver runs on the cluster, the laptop may disconnect."""
-    from sweeps.submit import submit_sweep, wait_for
+    from theoryscope.sweeps.submit import submit_sweep, wait_for
 
     with user_errors():
         sweep_spec = load_spec(spec)
@@ -407,7 +430,7 @@ def report(
         "--out", help="Folder for index.html and the figures (default: reports/NAME).")] = None,
 ) -> None:
     """Draw the sweep's canonical figures into one HTML page with PNGs."""
-    from sweeps.report import build_report  # matplotlib loads only for reports
+    from theoryscope.sweeps.report import build_report  # matplotlib loads only for reports
 
     with user_errors():
         made = build_report(results, name, out_dir or Path("reports") / name)

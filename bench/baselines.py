@@ -23,15 +23,16 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn as nn
 
-from core.data import make_dataset
-from core.models import init_member
-from sweeps.spec import RunSpec
+from theoryscope.core.config import RunSpec
+from theoryscope.core.data import make_dataset
+from theoryscope.core.datasets.table import input_width
+from theoryscope.core.models import init_member
 
 Report = Callable[[dict], None]
 
 
 def build_net(run: RunSpec) -> nn.Sequential:
-    dims = run.model.layer_dims(run.data.n_inputs, run.data.n_outputs)
+    dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
     start = init_member(run.model, dims, run.seed)
     layers: list[nn.Module] = []
     for i, w in enumerate(start.weights):

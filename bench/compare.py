@@ -38,9 +38,9 @@ import torch
 from bench.baselines import VARIANTS as BASELINES
 from bench.baselines import timed as timed_baseline
 from bench.workloads import Workload, workload
-from sweeps.dispatch import RayBackend
-from sweeps.execute import warm_worker
-from sweeps.launch import LaunchSummary, launch, prepare
+from theoryscope.sweeps.dispatch import RayBackend
+from theoryscope.sweeps.execute import warm_worker
+from theoryscope.sweeps.launch import LaunchSummary, run_sweep
 
 ORDER = ("theoryscope", "ray_tasks", "ray_tune", "sequential")
 
@@ -105,11 +105,11 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 20) -> float:
 
 
 def run_theoryscope(work: Workload) -> tuple[float, dict[str, float], LaunchSummary]:
-    from storage.query import run_query
+    from theoryscope.sweeps.tables import run_query
 
     with tempfile.TemporaryDirectory(prefix="bench-theoryscope-") as results:
         start = time.perf_counter()
-        summary = launch(prepare(work.spec, results), results, RayBackend())
+        summary = run_sweep(work.spec, results, backend=RayBackend())
         seconds = time.perf_counter() - start
         rows = run_query(results, "SELECT run_id, train_loss FROM runs").to_pylist()
     return seconds, {r["run_id"]: r["train_loss"] for r in rows}, summary

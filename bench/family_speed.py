@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from core.train import train_family
-from sweeps.plan import Family, estimate_cost
-from sweeps.spec import DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec
+from theoryscope.core.config import DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec
+from theoryscope.core.train import train_family
+from theoryscope.sweeps.plan import Family, estimate_cost
 
 
 def family_runs(args: argparse.Namespace) -> list[RunSpec]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeps.load import parse_spec
-from sweeps.plan import Plan, estimate_cost, plan_sweep
-from sweeps.spec import RunSpec, SweepSpec
+from theoryscope.core.config import RunSpec
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import Plan, estimate_cost, plan_sweep
+from theoryscope.sweeps.spec import SweepSpec
 
 COMPUTE = """
 name = "bench-compute"

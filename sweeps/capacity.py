@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import os
 
-from sweeps.plan import Capacity
-from sweeps.spec import ResourceSpec
+from theoryscope.sweeps.plan import Capacity
+from theoryscope.sweeps.spec import ResourceSpec
 
 # Fraction of the memory a family may fill by the estimate.
 USABLE = 0.5

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from core.errors import SweepNotFound
-from storage import schemas
-from storage.location import ResultsLike, existing_root, read_parquet, root_text
-from storage.parquet import scan, table_path, write_atomic
-from sweeps.load import parse_spec
-from sweeps.plan import expand_runs
-from sweeps.spec import SweepSpec
-from sweeps.version import code_version
+from theoryscope.core.errors import SweepNotFound
+from theoryscope.storage import schemas
+from theoryscope.storage.location import ResultsLike, existing_root, read_parquet, root_text
+from theoryscope.storage.parquet import scan, table_path, write_atomic
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import expand_runs
+from theoryscope.sweeps.spec import SweepSpec
+from theoryscope.sweeps.version import code_version
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,14 @@ def find_sweep(results: ResultsLike, sweep: str) -> SweepRecord | None:
         return None
     row = read_parquet(files[0]).to_pylist()[0]
     return SweepRecord(sweep, row["spec"], row["planned_runs"], row["created_at"])
+
+
+def recorded_sweep(results: ResultsLike, sweep: str) -> SweepRecord:
+    """The record of ``sweep``; ``SweepNotFound`` (``sweep_not_found``) if it has none."""
+    record = find_sweep(results, sweep)
+    if record is None:
+        raise sweep_not_found(results, sweep)
+    return record
 
 
 def list_sweeps(results: ResultsLike) -> list[str]:

@@ -15,19 +15,21 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import core
-import storage
-import sweeps
-from core.errors import TheoryscopeError
-from sweeps.capacity import FALLBACK_GPU_BYTES, capacity_for, local_gpu_bytes, local_node
-from sweeps.execute import FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure, warm_worker
-from sweeps.plan import Capacity
-from sweeps.spec import Choice, ResourceSpec
+from theoryscope.core.config import Choice
+from theoryscope.core.errors import TheoryscopeError
+from theoryscope.sweeps.capacity import FALLBACK_GPU_BYTES, capacity_for, local_gpu_bytes, local_node
+from theoryscope.sweeps.execute import (
+    FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure, warm_worker,
+)
+from theoryscope.sweeps.package import stage_package
+from theoryscope.sweeps.plan import Capacity
+from theoryscope.sweeps.spec import ResourceSpec
 
 OnDone = Callable[[FamilyOutcome], None]
 
@@ -113,15 +115,19 @@ class RayBackend:
         import ray
 
         options: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
-        if self.address:
-            _check_reachable(self.address)
-            # Nodes of an existing cluster need not have theoryscope installed: ship our
-            # packages with the job (they still need torch, numpy, pyarrow).
-            options["runtime_env"] = {"py_modules": [str(Path(m.__file__).parent) for m in (core, sweeps, storage)]}
-        else:
-            options |= {"_node_ip_address": LOOPBACK, "_system_config": EMBEDDED_SYSTEM_CONFIG}
         try:
-            with sigint_ignored(not self.address), _loopback_only(not self.address):
+            with contextlib.ExitStack() as stack:
+                if self.address:
+                    _check_reachable(self.address)
+                    # Nodes of an existing cluster need not have theoryscope installed:
+                    # ship the package with the job (they still need torch, numpy,
+                    # pyarrow). Ray uploads it in ray.init; the staged copy goes after.
+                    staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="theoryscope-")))
+                    options["runtime_env"] = {"py_modules": [str(stage_package(staging))]}
+                else:
+                    options |= {"_node_ip_address": LOOPBACK, "_system_config": EMBEDDED_SYSTEM_CONFIG}
+                stack.enter_context(sigint_ignored(not self.address))
+                stack.enter_context(_loopback_only(not self.address))
                 # "local": a new Ray of our own. With no address Ray would join whatever
                 # cluster `ray start` last recorded in /tmp/ray (even a dead one).
                 ray.init(address=self.address or "local", **options)
@@ -170,8 +176,9 @@ class RayBackend:
         more often than ``max_retries`` is recorded as failed. If the embedded Ray itself
         dies (its raylet lost, as happens on an overloaded machine), it is started again
         and the families it lost are submitted again, up to ``MAX_LOCAL_RESTARTS`` times.
-        On KeyboardInterrupt every family still running or queued is cancelled (finished
-        families stay) and the interrupt propagates."""
+        On KeyboardInterrupt the interrupt propagates (finished families stay); with
+        ``cancel_on_interrupt`` every family still running or queued is cancelled first,
+        without it (a driver about to exit) they are left to end with the driver."""
         import ray
 
         self.start(resources)
@@ -370,10 +377,12 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def make_backend(name: BackendName, address: str | None) -> Backend:
-    """``address`` is an explicit ``--address``; ``RAY_ADDRESS`` only matters to Ray."""
+def make_backend(name: BackendName, address: str | None, exits_on_interrupt: bool = False) -> Backend:
+    """``address`` is an explicit ``--address``; ``RAY_ADDRESS`` only matters to Ray. A
+    process that ``exits_on_interrupt`` (the CLI) does not cancel Ray tasks first: Ray
+    ends a dead driver's tasks by itself."""
     if name is BackendName.LOCAL:
         if address:
             raise TheoryscopeError("--address needs --backend ray (the local backend runs in this process)")
         return LocalBackend()
-    return RayBackend(address, cancel_on_interrupt=False)  # the CLI exits at once after a Ctrl-C
+    return RayBackend(address, cancel_on_interrupt=not exits_on_interrupt)

@@ -10,11 +10,11 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from storage.location import ResultsLike
-from sweeps.launch import LaunchSummary
-from sweeps.plan import Plan, estimate_cost
-from sweeps.records import RENAMED, config_columns
-from sweeps.status import SweepStatus
+from theoryscope.storage.location import ResultsLike
+from theoryscope.sweeps.launch import LaunchSummary
+from theoryscope.sweeps.plan import Plan, estimate_cost
+from theoryscope.sweeps.records import RENAMED, config_columns
+from theoryscope.sweeps.status import SweepStatus
 
 SHOWN = 20
 

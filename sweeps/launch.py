@@ -8,6 +8,11 @@ spec twice, or resuming after any interruption, runs exactly what is missing.
 One driver at a time runs a sweep: ``launch`` holds the sweep's lease
 (``storage.lease``) from before it writes anything until it returns, and a second driver
 is refused while the first is alive.
+
+``run_sweep`` and ``resume_sweep`` are the one way a sweep is run (the CLI, ``submit``'s
+job on the cluster, the benchmarks and notebooks call them): plan once, start the
+backend, pack once for what it can hold, run, and return the summary. Callers follow along
+through ``LaunchEvents``.
 """
 
 from __future__ import annotations
@@ -16,18 +21,23 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from core.errors import TheoryscopeError
-from storage.lease import acquire
-from storage.location import FilePath, ResultsLike, check_root, read_parquet, remove, results_root, root_text
-from storage.parquet import Scan, clean, scan
-from storage.schemas import TABLES
-from sweeps.catalog import find_sweep, record_sweep, same_experiment, sweep_not_found
-from sweeps.dispatch import Backend
-from sweeps.execute import FamilyJob, FamilyOutcome, published_families
-from sweeps.plan import OnPlanned, Plan, estimate_cost, fit_plan, plan_sweep
-from sweeps.records import RunStatus
-from sweeps.spec import SweepSpec
+from theoryscope.core.config import RunSpec
+from theoryscope.core.errors import TheoryscopeError
+from theoryscope.storage.lease import acquire
+from theoryscope.storage.location import (
+    FilePath, ResultsLike, check_root, read_parquet, remove, results_root, root_text,
+)
+from theoryscope.storage.parquet import Scan, clean, scan
+from theoryscope.sweeps.catalog import find_sweep, record_sweep, recorded_sweep, same_experiment
+from theoryscope.sweeps.dispatch import Backend, BackendName, make_backend
+from theoryscope.sweeps.execute import FamilyJob, FamilyOutcome, published_families
+from theoryscope.sweeps.load import load_spec
+from theoryscope.sweeps.plan import Capacity, OnPlanned, Plan, estimate_cost, fit_plan, pack_plan, planned_runs
+from theoryscope.sweeps.records import RunStatus
+from theoryscope.sweeps.spec import SweepSpec
+from theoryscope.sweeps.tables import TABLES
 
 # Tables a family writes, plus its checkpoints; cleaned before a sweep runs.
 SWEEP_DIRS = (*TABLES, "checkpoints")
@@ -62,10 +72,37 @@ def done_runs(results: ResultsLike, sweep: str, retry_failed: bool = False) -> f
     return frozenset(done)
 
 
+@dataclass(frozen=True)
+class Todo:
+    """A sweep's runs, expanded and checked, and which of them are done: a plan before it
+    is packed (``pack``), which happens once the backend says what it can hold."""
+
+    spec: SweepSpec
+    sweep: str
+    runs: tuple[RunSpec, ...]
+    done: frozenset[str]
+
+    def pack(self, capacity: Capacity | None = None) -> Plan:
+        return pack_plan(self.spec, self.sweep, self.runs, self.done, capacity)
+
+
 def prepare(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, force_new: bool = False,
             retry_failed: bool = False, on_planned: OnPlanned | None = None) -> Plan:
     """Plan ``spec`` under ``sweep`` (default: its name) minus the runs already done
-    (``on_planned`` hears how far planning is).
+    (``on_planned`` hears how far planning is), packed for no particular backend. Writes
+    nothing."""
+    return todo_of(spec, results, sweep, force_new, retry_failed, on_planned).pack()
+
+
+def prepare_resume(results: ResultsLike, sweep: str, retry_failed: bool = False,
+                   on_planned: OnPlanned | None = None) -> Plan:
+    """Plan a recorded sweep again from its stored spec, minus what is done."""
+    return todo_of_recorded(results, sweep, retry_failed, on_planned).pack()
+
+
+def todo_of(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, force_new: bool = False,
+            retry_failed: bool = False, on_planned: OnPlanned | None = None) -> Todo:
+    """What running ``spec`` under ``sweep`` (default: its name) has left to do.
 
     A name already used by a different spec is refused, or with ``force_new`` the spec
     gets a fresh name derived from it, so the old results stay apart. Writes nothing.
@@ -81,17 +118,15 @@ def prepare(spec: SweepSpec, results: ResultsLike, sweep: str | None = None, for
                 f"under a new name (--name NEW_NAME), or with --force-new to launch it as {fresh!r} "
                 f"and keep the old results apart")
         sweep = fresh
-    return plan_sweep(spec, sweep, exclude=done_runs(results, sweep, retry_failed), on_planned=on_planned)
+    return Todo(spec, sweep, planned_runs(spec, on_planned), done_runs(results, sweep, retry_failed))
 
 
-def prepare_resume(results: ResultsLike, sweep: str, retry_failed: bool = False,
-                   on_planned: OnPlanned | None = None) -> Plan:
-    """Plan a recorded sweep again from its stored spec, minus what is done."""
+def todo_of_recorded(results: ResultsLike, sweep: str, retry_failed: bool = False,
+                     on_planned: OnPlanned | None = None) -> Todo:
+    """What a recorded sweep has left to do, planned again from its stored spec."""
     check_root(results_root(results))
-    record = find_sweep(results, sweep)
-    if record is None:
-        raise sweep_not_found(results, sweep)
-    return plan_sweep(record.spec(), sweep, exclude=done_runs(results, sweep, retry_failed), on_planned=on_planned)
+    spec = recorded_sweep(results, sweep).spec()
+    return Todo(spec, sweep, planned_runs(spec, on_planned), done_runs(results, sweep, retry_failed))
 
 
 def _fresh_name(results: ResultsLike, sweep: str, spec: SweepSpec) -> str:
@@ -150,7 +185,79 @@ def _catch_up(results: ResultsLike, plan: Plan) -> Plan:
     finished = planned & done_runs(results, plan.sweep, retry_failed=True)
     if not finished:
         return plan
-    return plan_sweep(plan.spec, plan.sweep, plan.done | finished, plan.capacity)
+    return pack_plan(plan.spec, plan.sweep, plan.runs, plan.done | finished, plan.capacity)
+
+
+class LaunchEvents:
+    """What ``run_sweep`` tells its caller as it goes; here every event is ignored (the
+    CLI's subclass draws progress bars from them)."""
+
+    def planning(self, done: int, total: int) -> None:
+        """Grid points expanded so far, of ``total``."""
+
+    def running(self, plan: Plan) -> None:
+        """The plan, packed for the backend, just before the sweep's lease is taken and
+        its first family runs; until now nothing was written."""
+
+    def done(self, outcome: FamilyOutcome) -> None:
+        """A family finished; its rows are on disk."""
+
+
+def run_sweep(spec: SweepSpec | str | Path, results: ResultsLike = "results", *, name: str | None = None,
+              backend: Backend | BackendName | str = BackendName.RAY, address: str | None = None,
+              force_new: bool = False, retry_failed: bool = False, events: LaunchEvents | None = None,
+              exits_on_interrupt: bool = False) -> LaunchSummary:
+    """Run a sweep from its spec (a ``SweepSpec`` or a TOML file): every planned run not
+    in ``results`` yet, so running the same spec again resumes it.
+
+    ``backend`` is "ray" (the embedded local Ray, or the cluster at ``address``),
+    "local" (in this process, one family at a time) or a ``Backend``; one made here is
+    closed when the sweep ends. ``name`` stores it under another name; a name taken by a
+    different spec is refused, or with ``force_new`` replaced by a fresh one
+    (``summary.sweep``). Failed runs are run again with ``retry_failed``. A caller that
+    ``exits_on_interrupt`` (the CLI) leaves running Ray tasks to end with it; otherwise
+    a KeyboardInterrupt cancels them."""
+    events = events or LaunchEvents()
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    todo = todo_of(spec, results, name, force_new, retry_failed, events.planning)
+    return _run_todo(todo, results, backend, address, events, exits_on_interrupt)
+
+
+def resume_sweep(name: str, results: ResultsLike = "results", *, backend: Backend | BackendName | str = BackendName.RAY,
+                 address: str | None = None, retry_failed: bool = False, events: LaunchEvents | None = None,
+                 exits_on_interrupt: bool = False) -> LaunchSummary:
+    """Finish the recorded sweep ``name`` from its stored spec (``run_sweep``'s options)."""
+    events = events or LaunchEvents()
+    return _run_todo(todo_of_recorded(results, name, retry_failed, events.planning), results, backend, address,
+                     events, exits_on_interrupt)
+
+
+def _run_todo(todo: Todo, results: ResultsLike, backend: Backend | BackendName | str, address: str | None,
+              events: LaunchEvents, exits_on_interrupt: bool) -> LaunchSummary:
+    """Start the backend, pack once for its capacity, run. A backend made here is closed
+    when the sweep ends, but not after an interrupt: a Ray session the interrupted
+    process started ends with the process (ending it first can abort the process)."""
+    runner = backend if not isinstance(backend, str) else make_backend(BackendName(backend), address,
+                                                                       exits_on_interrupt)
+    try:
+        resources = todo.spec.resources
+        capacity = None
+        if any(r.run_id not in todo.done for r in todo.runs):  # a sweep that is done needs no backend
+            runner.start(resources)
+            capacity = runner.capacity(resources)
+        plan = todo.pack(capacity)
+        events.running(plan)
+        summary = launch(plan, results, runner, events.done)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        if runner is not backend:
+            runner.close()
+        raise
+    if runner is not backend:
+        runner.close()
+    return summary
 
 
 def launch(plan: Plan, results: ResultsLike, backend: Backend,

@@ -7,8 +7,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sweeps.execute import FamilyOutcome
-from sweeps.plan import Plan
+from theoryscope.sweeps.execute import FamilyOutcome
+from theoryscope.sweeps.plan import Plan
 
 
 class SweepProgress:

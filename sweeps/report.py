@@ -19,13 +19,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from core.errors import SweepNotFound
-from storage.location import ResultsLike
-from storage.query import run_query, sql_string
-from sweeps.catalog import find_sweep, list_sweeps
-from sweeps.figures import FIGURES
-from sweeps.records import RENAMED
-from sweeps.spec import SweepSpec
+from theoryscope.storage.location import ResultsLike
+from theoryscope.storage.query import sql_string
+from theoryscope.sweeps.catalog import recorded_sweep
+from theoryscope.sweeps.records import RENAMED
+from theoryscope.sweeps.spec import SweepSpec
+from theoryscope.sweeps.tables import FIGURES, run_query
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,7 @@ def swept_column(spec: SweepSpec) -> str:
 
 
 def build_report(results: ResultsLike, sweep: str, out: Path) -> Report:
-    record = find_sweep(results, sweep)
-    if record is None:
-        known = ", ".join(list_sweeps(results)) or "none"
-        raise SweepNotFound(f"no sweep named {sweep!r} in {results} (sweeps there: {known})")
+    record = recorded_sweep(results, sweep)
     spec = record.spec()
     color = swept_column(spec)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.compute as pc
 
-from storage.location import ResultsLike
-from sweeps.catalog import find_sweep, list_sweeps, sweep_not_found
-from sweeps.execute import published_families
-from sweeps.records import RunStatus
+from theoryscope.storage.location import ResultsLike
+from theoryscope.sweeps.catalog import list_sweeps, recorded_sweep
+from theoryscope.sweeps.execute import published_families
+from theoryscope.sweeps.records import RunStatus
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,10 @@ def sweep_status(results: ResultsLike, sweep: str | None = None) -> list[SweepSt
     """Status of one sweep, or of every sweep in ``results`` (oldest first)."""
     names = list_sweeps(results)  # refuses results that do not exist
     if sweep is not None:
-        if sweep not in names:
-            raise sweep_not_found(results, sweep)
         names = [sweep]
     statuses = []
     for name in names:
-        record = find_sweep(results, name)
+        record = recorded_sweep(results, name)
         # Done: the runs of families whose every table has its complete file, as resume
         # counts them; a family with a file missing or damaged is still to run.
         runs: dict[str, set[str]] = {s.value: set() for s in RunStatus}

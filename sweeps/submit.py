@@ -1,8 +1,8 @@
 """``theoryscope submit``: a sweep as a Ray Job, so the driver runs on the cluster.
 
-The project's code (``cli.py`` and the ``core``, ``sweeps`` and ``storage`` packages) and
-the spec are staged into a folder that becomes the job's ``working_dir``; the job runs
-``python -m cli launch spec.toml --results RESULTS --name NAME --quiet`` on the head node,
+The package (``sweeps.package``) and the spec are staged into a folder that becomes the
+job's ``working_dir``; the job runs ``python -m theoryscope.cli launch spec.toml --results
+RESULTS --name NAME --quiet`` on the head node,
 where Ray sets ``RAY_ADDRESS`` so the launch joins that cluster. The head's ``python`` must
 have theoryscope's dependencies (``examples/cluster.yaml`` installs them), and RESULTS must
 be a path every node and the laptop see (a shared filesystem): ``status`` and ``query``
@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import TheoryscopeError, first_line
+from theoryscope.core.errors import TheoryscopeError, first_line
+from theoryscope.sweeps.package import stage_package
 
-PROJECT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "sweeps", "storage")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT = 60.0  # seconds to wait for the job agent of a head that just started
 
@@ -56,10 +54,8 @@ def auth_headers() -> dict[str, str]:
 
 
 def stage_project(spec_text: str, into: Path) -> Path:
-    """Copy the code and the spec into ``into`` (the job's working_dir)."""
-    shutil.copy2(PROJECT / "cli.py", into / "cli.py")
-    for package in PACKAGES:
-        shutil.copytree(PROJECT / package, into / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """Copy the package and the spec into ``into`` (the job's working_dir)."""
+    stage_package(into)
     (into / "spec.toml").write_text(spec_text, encoding="utf-8")
     return into
 
@@ -77,7 +73,7 @@ def submit_sweep(spec_text: str, sweep: str, results: str, address: str) -> Subm
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="theoryscope-job-") as staging:
         stage_project(spec_text, Path(staging))
-        entrypoint = shlex.join(["python", "-m", "cli", "launch", "spec.toml", "--results", results,
+        entrypoint = shlex.join(["python", "-m", "theoryscope.cli", "launch", "spec.toml", "--results", results,
                                  "--name", sweep, "--quiet"])
         job_id = f"theoryscope-{sweep}-{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + AGENT_WAIT
