@@ -1,39 +1,23 @@
-"""Shared fixtures: temporary results directories, small specs, one Ray session."""
+"""Shared fixtures: temporary results directories, spec files, failing families, one Ray
+session, a local S3 server. Nothing imports this module; shared constants and functions
+are in helpers.py."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-SMALL_SPEC = """
-name = "small"
-
-[data]
-kind = "teacher-student"
-n_train = 64
-n_test = 64
-input_dim = 8
-
-[model]
-kind = "mlp"
-width = 16
-
-[train]
-optimizer = "gd"
-lr = 0.1
-steps = 30
-log_every = 10
-
-[grid]
-depth = [1, 2]
-label_noise = [0.0, 0.5]
-seed = [0, 1]
-"""
+from helpers import CREDENTIALS, free_port
 
 
 @pytest.fixture
@@ -58,9 +42,9 @@ def fail_families(monkeypatch):
     """``fail_families(depth, message)``: training of families of that depth raises
     RuntimeError(message) (in this process, i.e. with the local backend); returns a
     function that makes training work again."""
-    import core.train
+    from theoryscope.core import train
 
-    real = core.train.train_family
+    real = train.train_family
 
     def arrange(depth: int, message: str):
         def flaky(runs, device, *rest):
@@ -68,8 +52,8 @@ def fail_families(monkeypatch):
                 raise RuntimeError(message)
             return real(runs, device, *rest)
 
-        monkeypatch.setattr("sweeps.execute.train_family", flaky)
-        return lambda: monkeypatch.setattr("sweeps.execute.train_family", real)
+        monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", flaky)
+        return lambda: monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", real)
 
     return arrange
 
@@ -89,3 +73,42 @@ def ray_session():
              object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on a free port; yields a function making results URIs in it."""
+    port = free_port()
+    server = subprocess.Popen([shutil.which("moto_server", path=Path(sys.executable).parent) or "moto_server",
+                               "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("the moto S3 server did not start")
+                time.sleep(0.1)
+
+        def uri(prefix: str) -> str:
+            return (f"s3://theoryscope/{prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
+                    f"&region=us-east-1&allow_bucket_creation=true")
+
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and anything it started
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

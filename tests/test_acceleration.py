@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from core.measures.acceleration import (
-    balanced_factors, end_to_end_update, identity_factors, lp_loss, lp_optimum, product, psd_power,
-    saxe_mode_time, single_output_update, steps_to_target,
+from theoryscope.core.measures.acceleration import (
+    balanced_factors, end_to_end_update, identity_factors, lp_loss, lp_optimum, product, psd_power, saxe_mode_time,
+    single_output_update, steps_to_target,
 )
 
 F64 = torch.float64

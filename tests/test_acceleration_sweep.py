@@ -8,44 +8,16 @@ import json
 import pytest
 import torch
 
-from core.linear_start import initial_factors
-from core.data import make_dataset
-from core.errors import SpecError
-from core.measures.acceleration import lp_loss, lp_optimum, product
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-
-SPEC = """
-name = "{name}"
-experiment = "acceleration"
-[data]
-kind = "lp-regression"
-n_train = 128
-n_test = 64
-input_dim = 8
-condition = 10.0
-label_noise = 0.1
-[model]
-kind = "linear"
-overparam = "{overparam}"
-width = 8
-init = "balanced"
-init_scale = 0.1
-[train]
-optimizer = "gd"
-steps = {steps}
-log_every = 500
-lr_grid = 8
-lr_range = [1e-3, 4.0]
-target = 1e-5
-dtype = "float64"
-[grid]
-"data.p" = [2, 4]
-depth = [1, 2]
-"""
+from helpers import ACCELERATION_SPEC as SPEC
+from theoryscope.core.data import make_dataset
+from theoryscope.core.errors import SpecError
+from theoryscope.core.linear_start import initial_factors
+from theoryscope.core.measures.acceleration import lp_loss, lp_optimum, product
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
+from theoryscope.sweeps.tables import run_query
 
 
 def run(results, name="acc", overparam="full", steps=10000):
@@ -65,6 +37,7 @@ def table(results, sweep="acc"):
     return run_query(results, f"SELECT * FROM acceleration WHERE sweep = '{sweep}' ORDER BY p, depth").to_pylist()
 
 
+@pytest.mark.slow  # the accelerated fixture: depth 1 needs over 8000 steps at p = 4
 def test_depth_two_speeds_up_p4_more_than_p2(accelerated):
     """The paper's finding on an ill-conditioned problem, with the lr searched per run."""
     rows = {(r["p"], r["depth"]): r for r in table(accelerated[0])}
@@ -74,6 +47,7 @@ def test_depth_two_speeds_up_p4_more_than_p2(accelerated):
     assert rows[4, 2]["ratio_vs_depth1"] > 2.0
 
 
+@pytest.mark.slow  # the accelerated fixture
 def test_steps_to_target_and_the_optimum_follow_their_definitions(accelerated):
     results, spec = accelerated
     runs = {r.run_id: r for r in plan_sweep(spec).runs}
@@ -95,6 +69,7 @@ def test_steps_to_target_and_the_optimum_follow_their_definitions(accelerated):
         assert len(steps) == 8 and min(s for s in steps.values() if s is not None) == row["steps_to_target"]
 
 
+@pytest.mark.slow  # the accelerated fixture
 def test_runs_report_the_chosen_rate_and_one_row_each(accelerated):
     results, _ = accelerated
     runs = run_query(results, "SELECT r.run_id, r.depth, r.p, r.lr, r.lr_grid, r.status, a.lr AS best "
@@ -104,6 +79,7 @@ def test_runs_report_the_chosen_rate_and_one_row_each(accelerated):
         assert r["status"] == "ok" and r["lr"] is None and r["lr_grid"] == "8" and r["best"] > 0
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_for_depth_one_gives_a_lower_bound(tmp_path):
     results = tmp_path / "results"
     run(results, name="short", steps=3000)
@@ -169,7 +145,8 @@ def write_table(tmp_path, rows=120, kind="csv"):
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_lp_regression_reads_a_table_file(tmp_path, kind):
-    from core.data import make_dataset
+    from theoryscope.core.data import make_dataset
+    from theoryscope.core.datasets.table import input_width
 
     path = write_table(tmp_path, kind=kind)
     text = SPEC.format(name="tab", overparam="full", steps=200).replace(
@@ -177,7 +154,7 @@ def test_lp_regression_reads_a_table_file(tmp_path, kind):
         "n_train = 128", "n_train = 80").replace("n_test = 64", "n_test = 40")
     spec = parse_spec(text)
     run_spec = spec.base_run()
-    assert run_spec.data.n_inputs == 4  # the numeric columns besides the target; "sensor" is text
+    assert input_width(run_spec.data) == 4  # the numeric columns besides the target; "sensor" is text
     data = make_dataset(run_spec.data)
     assert data.x_train.shape == (80, 4) and data.x_test.shape == (40, 4)
     every = torch.cat([data.x_train, data.x_test])

@@ -10,10 +10,10 @@ import torch
 from bench.baselines import timed, train_one
 from bench.compare import sample, worst_difference
 from bench.workloads import workload
-from core.train import train_family
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-from tests.conftest import SMALL_SPEC
+from helpers import SMALL_SPEC
+from theoryscope.core.train import train_family
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
 
 
 def test_a_baseline_net_follows_the_family_trainer():

@@ -7,13 +7,13 @@ import collections
 
 import pytest
 
-from sweeps.capacity import USABLE, capacity_for
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.plan import Capacity, estimate_cost, fit_plan, member_cost, pack_families, plan_sweep
-from sweeps.spec import ResourceSpec
-from tests.conftest import SMALL_SPEC
+from helpers import SMALL_SPEC
+from theoryscope.sweeps.capacity import USABLE, capacity_for
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import Capacity, estimate_cost, fit_plan, member_cost, pack_families, plan_sweep
+from theoryscope.sweeps.spec import ResourceSpec
 
 # Two shapes: a costly depth-3 width-64 group and a cheap depth-1 group.
 SPEC = """

@@ -5,16 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
-from tests.conftest import SMALL_SPEC
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+from helpers import SMALL_SPEC, invoke, one_line_error
 
 
 @pytest.fixture
@@ -86,14 +78,6 @@ def test_status(launched):
     assert table.exit_code == 0 and "small" in table.output
     js = json.loads(invoke("status", "small", "--results", launched, "--json").stdout)
     assert js[0]["planned"] == 8 and js[0]["done"] == 8 and js[0]["remaining"] == 0
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("body,fragment", [
@@ -187,7 +171,7 @@ def test_ray_address_in_the_environment_does_not_block_the_local_backend(spec, r
 
 
 def test_resume_finishes_from_the_stored_spec(launched, spec):
-    from storage.parquet import scan
+    from theoryscope.storage.parquet import scan
 
     first = scan(launched, "runs", "small").complete[0]
     first.unlink()  # as if that family had not finished
@@ -205,7 +189,7 @@ def test_resume_of_an_unknown_sweep(launched):
 
 
 def test_status_says_what_is_left_and_how_to_finish(launched):
-    from storage.parquet import scan
+    from theoryscope.storage.parquet import scan
 
     scan(launched, "runs", "small").complete[0].unlink()
     result = invoke("status", "--results", launched)
@@ -223,7 +207,7 @@ def test_launch_force_new(launched, write_spec):
 def test_the_first_ctrl_c_interrupts_and_the_second_exits_at_once(monkeypatch):
     import signal
 
-    import cli
+    from theoryscope import cli
 
     exits = []
     monkeypatch.setattr(cli.os, "_exit", exits.append)
@@ -246,7 +230,7 @@ def test_every_command_shows_an_example_in_its_help():
 
 
 def test_version_names_the_code():
-    from sweeps.version import code_version
+    from theoryscope.sweeps.version import code_version
 
     result = invoke("--version")
     assert result.exit_code == 0 and result.output.strip() == code_version()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, SMALL_SPEC
+from helpers import REPO, SMALL_SPEC
 
 
 @pytest.fixture
@@ -21,10 +21,11 @@ def cluster():
 
 
 def theoryscope(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "theoryscope.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_launch_joins_a_running_cluster(cluster, write_spec, results):
     spec = write_spec(SMALL_SPEC)
     done = theoryscope("launch", spec, "--results", results, "--address", cluster.address)
@@ -34,6 +35,7 @@ def test_launch_joins_a_running_cluster(cluster, write_spec, results):
     assert status[0]["ok"] == 8 and status[0]["remaining"] == 0
 
 
+@pytest.mark.slow  # a CLI process waiting for Ray's connection timeout
 def test_an_unreachable_address_is_one_line(write_spec, results):
     spec = write_spec(SMALL_SPEC)
     failed = theoryscope("launch", spec, "--results", results, "--address", "127.0.0.1:1")

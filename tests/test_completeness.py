@@ -7,17 +7,16 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from storage.location import results_root
-from storage.parquet import PUBLISHED_KEY, scan, table_path
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.execute import published_families
-from sweeps.launch import done_runs, launch, prepare, prepare_resume
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-from sweeps.status import sweep_status
-from tests.conftest import SMALL_SPEC
-from tests.test_store import s3_server  # noqa: F401  (the moto S3 server fixture)
+from helpers import SMALL_SPEC
+from theoryscope.storage.location import results_root
+from theoryscope.storage.parquet import PUBLISHED_KEY, scan, table_path
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.execute import published_families
+from theoryscope.sweeps.launch import done_runs, launch, prepare, prepare_resume
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
+from theoryscope.sweeps.status import sweep_status
+from theoryscope.sweeps.tables import run_query
 
 # Two families (depth 1 and 2) of two runs, measured: layers and bounds beside curves.
 MEASURED_SPEC = """
@@ -191,6 +190,7 @@ def test_status_and_resume_agree_on_what_is_done(results):
     assert len(prepare_resume(results, "small").families) == 2
 
 
+@pytest.mark.slow  # starts a moto S3 server
 def test_an_object_store_tells_unfinished_families_too(s3_server):
     root = results_root(s3_server("completeness"))
     spec = launched(root)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.measures.compression import compress, effective_params, margins, matrix_project
+from theoryscope.core.measures.compression import compress, effective_params, margins, matrix_project
 
 D = torch.float64
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from core.measures.cushion import (activation_contraction, interlayer_cushion,
-                                   interlayer_smoothness, layer_cushion,
-                                   min_interlayer_cushion, noise_attenuation,
-                                   smoothness_quantile, weight_norms)
+from theoryscope.core.measures.cushion import (
+    activation_contraction, interlayer_cushion, interlayer_smoothness, layer_cushion, min_interlayer_cushion,
+    noise_attenuation, smoothness_quantile, weight_norms,
+)
 
 D = torch.float64
 WIDTHS = [5, 12, 10, 14, 3]  # a 4-layer net

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import linear_teacher_variances, make_dataset
-from sweeps.spec import DataKind, DataSpec
+from theoryscope.core.config import DataKind, DataSpec
+from theoryscope.core.data import linear_teacher_variances, make_dataset
 
 
 @pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files])

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from core import datasets
-from core.data import make_dataset
-from core.errors import SpecError
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-from sweeps.spec import DataKind, DataSpec
+from theoryscope.core import datasets
+from theoryscope.core.config import DataKind, DataSpec
+from theoryscope.core.data import make_dataset
+from theoryscope.core.errors import SpecError
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data import make_dataset
-from core.linear_start import initial_factors
-from core.errors import SpecError
-from core.measures.acceleration import product
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.dynamics import crossing_step
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.spec import DataSpec, DataKind
+from theoryscope.core.config import DataKind, DataSpec
+from theoryscope.core.data import make_dataset
+from theoryscope.core.errors import SpecError
+from theoryscope.core.linear_start import initial_factors
+from theoryscope.core.measures.acceleration import crossing_step, product
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.tables import run_query
 
 SPEC = """
 name = "dyn"
@@ -51,6 +50,7 @@ def trained(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # the trained fixture: 1400 steps to converge
 def test_saxe_mode_times_match_the_closed_form(trained):
     rows = run_query(trained, "SELECT m.*, r.lr, r.imbalance FROM modes m JOIN runs r USING (sweep, run_id) "
                               "WHERE r.depth = 2 AND r.imbalance = 0").to_pylist()
@@ -64,6 +64,7 @@ def test_saxe_mode_times_match_the_closed_form(trained):
     assert deeper == {"n": 12, "t": 0}  # the closed form is for one hidden layer
 
 
+@pytest.mark.slow  # the trained fixture: 1400 steps to converge
 def test_rule_deviation_grows_with_rate_and_imbalance(trained):
     rows = run_query(trained, "SELECT r.depth, r.lr, r.imbalance, max(c.rule_deviation) AS dev, "
                               "min(c.step) FILTER (WHERE c.rule_deviation = 0) AS exact_at "

@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import sweeps.dispatch
-import sweeps.execute
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend, RayBackend
-from sweeps.execute import FamilyOutcome, execute_in_worker
-from sweeps.spec import ResourceSpec
-from tests.conftest import REPO
-from tests.test_interrupt import SLOW_SPEC, assert_exactly_once, families_done, kill_session, start, wait_for
+from helpers import REPO, SLOW_SPEC, assert_exactly_once, families_done, kill_session, start, wait_for
+from theoryscope.sweeps import dispatch, execute
+from theoryscope.sweeps.dispatch import LocalBackend, RayBackend
+from theoryscope.sweeps.execute import FamilyOutcome, execute_in_worker
+from theoryscope.sweeps.spec import ResourceSpec
+from theoryscope.sweeps.tables import run_query
 
 LISTENING = "0A"  # TCP_LISTEN in /proc/net/tcp
 
@@ -66,8 +64,8 @@ def test_loopback_addresses_are_read_right():
 
 EMBEDDED = textwrap.dedent("""
     import json, os, subprocess, sys
-    from sweeps.dispatch import RayBackend
-    from sweeps.spec import ResourceSpec
+    from theoryscope.sweeps.dispatch import RayBackend
+    from theoryscope.sweeps.spec import ResourceSpec
     backend = RayBackend()
     backend.start(ResourceSpec())
     import ray
@@ -80,6 +78,7 @@ EMBEDDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_embedded_ray_listens_on_loopback_only(tmp_path):
     import json
 
@@ -102,6 +101,7 @@ def test_close_leaves_a_reused_ray_session_open(ray_session):
     assert ray_session.is_initialized()
 
 
+@pytest.mark.slow
 def test_a_raylet_killed_mid_sweep_is_started_again_and_the_sweep_completes(write_spec, results):
     spec = write_spec(SLOW_SPEC.format(extra=""))
     proc = start("launch", spec, "--results", results, log=results.parent / "launch")
@@ -130,6 +130,7 @@ seed = [0, 1]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3, 0.8, 1.5, 2.5])
 def test_ctrl_c_while_ray_shuts_down_after_the_summary_exits_0_cleanly(write_spec, tmp_path, delay):
     """The summary is printed, then the embedded Ray shuts down (seconds): Ctrl-C at any
@@ -153,6 +154,7 @@ def test_ctrl_c_while_ray_shuts_down_after_the_summary_exits_0_cleanly(write_spe
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_planning_exits_130_and_writes_nothing(write_spec, tmp_path):
     seeds = ", ".join(map(str, range(200_000)))
     spec = write_spec(TINY.replace("seed = [0, 1]", f"seed = [{seeds}]"))
@@ -177,16 +179,16 @@ def recording_threads(monkeypatch) -> list[int]:
         seen.append(torch.get_num_threads())
         return FamilyOutcome(job.family_id, len(job.runs), len(job.runs), 0, 0, 0.0, "cpu")
 
-    monkeypatch.setattr(sweeps.dispatch, "execute_family", fake)
-    monkeypatch.setattr(sweeps.execute, "execute_family", fake)
+    monkeypatch.setattr(dispatch, "execute_family", fake)
+    monkeypatch.setattr(execute, "execute_family", fake)
     return seen
 
 
 @pytest.mark.parametrize("num_cpus,threads", [(1, 1), (2, 2), (0.5, 1)])
 def test_every_path_gives_a_family_its_cpus_as_torch_threads(monkeypatch, num_cpus, threads):
-    from sweeps.execute import FamilyJob
-    from sweeps.load import parse_spec
-    from sweeps.plan import plan_sweep
+    from theoryscope.sweeps.execute import FamilyJob
+    from theoryscope.sweeps.load import parse_spec
+    from theoryscope.sweeps.plan import plan_sweep
 
     plan = plan_sweep(parse_spec(TINY))
     jobs = [FamilyJob("tiny", f.family_id, f.runs, "unused") for f in plan.families]
@@ -195,11 +197,12 @@ def test_every_path_gives_a_family_its_cpus_as_torch_threads(monkeypatch, num_cp
     LocalBackend().run(jobs, ResourceSpec(num_cpus=num_cpus), lambda outcome: None)
     assert seen == [threads] * len(jobs) and torch.get_num_threads() == before  # restored afterwards
     seen.clear()
-    execute_in_worker(jobs[0], sweeps.dispatch.family_threads(ResourceSpec(num_cpus=num_cpus)))  # a Ray task's body
+    execute_in_worker(jobs[0], dispatch.family_threads(ResourceSpec(num_cpus=num_cpus)))  # a Ray task's body
     assert seen == [threads]
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_a_launch_on_a_machine_with_every_core_busy_completes(write_spec, results):
     """A busy loop on every core beside the launch: the embedded Ray starts, every family
     runs, every run is ok (Ray's own start-up and health checks must tolerate it)."""
@@ -207,7 +210,7 @@ def test_a_launch_on_a_machine_with_every_core_busy_completes(write_spec, result
     try:
         spec = write_spec(SLOW_SPEC.format(extra="").replace("steps = 600", "steps = 60").replace(
             "depth = [2, 3, 4, 5]", "depth = [2, 3]"))
-        done = subprocess.run([sys.executable, "-m", "cli", "launch", str(spec), "--results", str(results), "--json"],
+        done = subprocess.run([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(results), "--json"],
                               cwd=REPO, capture_output=True, text=True, timeout=900)
     finally:
         for hog in hogs:
@@ -219,6 +222,7 @@ def test_a_launch_on_a_machine_with_every_core_busy_completes(write_spec, result
     assert counts == [{"n": 8, "d": 8, "ok": 8}]
 
 
+@pytest.mark.slow
 def test_the_embedded_ray_is_its_own_even_where_ray_start_left_an_address():
     """`ray start` records its cluster in <tmp>/ray/ray_current_cluster, and a plain
     ``ray.init()`` joins it, even a dead one; the embedded Ray always starts its own."""
@@ -229,7 +233,7 @@ def test_the_embedded_ray_is_its_own_even_where_ray_start_left_an_address():
     try:
         (temp / "ray").mkdir()
         (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens there
-        script = "from sweeps.dispatch import RayBackend\nfrom sweeps.spec import ResourceSpec\n" \
+        script = "from theoryscope.sweeps.dispatch import RayBackend\nfrom theoryscope.sweeps.spec import ResourceSpec\n" \
                  "b = RayBackend()\nb.start(ResourceSpec())\nimport ray\n" \
                  "print(ray.get(ray.remote(lambda: 'ran').remote()))\nb.close()\n"
         done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.train import pick_device, train_family
-from tests.test_train import FAMILIES
+from helpers import FAMILIES
+from theoryscope.core.train import pick_device, train_family
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -56,9 +56,9 @@ def test_a_family_on_cuda_matches_the_cpu(name):
 
 @needs_cuda
 def test_cushion_measures_on_cuda_match_the_cpu():
-    from core.measures import cushion
-    from core.measures.compression import matrix_project
-    from core.seeding import generator
+    from theoryscope.core.measures import cushion
+    from theoryscope.core.measures.compression import matrix_project
+    from theoryscope.core.seeding import generator
 
     g = torch.Generator().manual_seed(0)
     dims = [6, 16, 12, 3]
@@ -81,8 +81,8 @@ def test_cushion_measures_on_cuda_match_the_cpu():
 
 @needs_cuda
 def test_valley_strings_on_cuda_match_the_cpu():
-    from core.measures.valley import bezier_barrier, string_barrier
-    from tests.test_valley import ENDS, embedded, ring
+    from helpers import ENDS, embedded, ring
+    from theoryscope.core.measures.valley import bezier_barrier, string_barrier
 
     loss, a, b = embedded(ring, 12, seed=3)
     cuda = torch.device("cuda")
@@ -97,10 +97,10 @@ def test_valley_strings_on_cuda_match_the_cpu():
 
 @needs_cuda
 def test_acceleration_and_dynamics_families_on_cuda_match_the_cpu():
-    from core.accelerate import train_acceleration
-    from core.dynamics import train_linear_dynamics
-    from sweeps.load import parse_spec
-    from sweeps.plan import plan_sweep
+    from theoryscope.core.accelerate import train_acceleration
+    from theoryscope.core.dynamics import train_linear_dynamics
+    from theoryscope.sweeps.load import parse_spec
+    from theoryscope.sweeps.plan import plan_sweep
 
     for family in plan_sweep(parse_spec(ACCELERATION)).families:
         cpu, gpu = train_acceleration(family.runs, torch.device("cpu")), train_acceleration(family.runs, pick_device(1))
@@ -116,9 +116,9 @@ def test_acceleration_and_dynamics_families_on_cuda_match_the_cpu():
 
 @needs_cuda
 def test_the_valleys_measure_on_cuda_matches_the_cpu():
-    from sweeps.load import parse_spec
-    from sweeps.plan import plan_sweep
-    from sweeps.valleys import valley_tables
+    from theoryscope.sweeps.load import parse_spec
+    from theoryscope.sweeps.measures.valleys import valley_tables
+    from theoryscope.sweeps.plan import plan_sweep
 
     spec = parse_spec(VALLEYS)
     family = plan_sweep(spec).families[0]
@@ -133,9 +133,9 @@ def test_the_valleys_measure_on_cuda_matches_the_cpu():
 
 @needs_cuda
 def test_reduced_precision_on_cuda_is_close_to_exact_and_reports_its_error():
-    from sweeps.load import parse_spec
-    from sweeps.plan import plan_sweep
-    from tests.test_precision import SPEC
+    from helpers import PRECISION_SPEC as SPEC
+    from theoryscope.sweeps.load import parse_spec
+    from theoryscope.sweeps.plan import plan_sweep
 
     by_precision = {f.exemplar.train.matmul_precision.value: list(f.runs) for f in plan_sweep(parse_spec(SPEC)).families}
     cuda = pick_device(1)

@@ -15,68 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.parquet import scan
-from storage.query import run_query
-from tests.conftest import REPO
-
-# 8 families of 2 runs, each family a second or two of training on one CPU.
-SLOW_SPEC = """
-name = "slow"
-[data]
-n_train = 256
-n_test = 128
-input_dim = 16
-[train]
-steps = 600
-log_every = 50
-{extra}
-[grid]
-depth = [2, 3, 4, 5]
-width = [16, 32]
-seed = [0, 1]
-"""
-
-
-def start(*args: object, log: Path) -> subprocess.Popen:
-    """The CLI in a process group (and session) of its own, as a terminal would run it;
-    its output goes to ``log``.out and ``log``.err (files: a killed process group may
-    leave pipes half-open)."""
-    with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO,
-                                start_new_session=True, stdout=stdout, stderr=stderr)
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    """kill -9 the process group, then anything else of its session (Ray puts its workers
-    in groups of their own), by PID."""
-    sid = proc.pid
-    try:
-        os.killpg(sid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the group is gone already; its session may still hold Ray's workers
-    proc.wait(timeout=30)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # session id; skip zombies
-            try:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
-
-
-def families_done(results: Path, sweep: str = "slow") -> int:
-    return len(scan(results, "runs", sweep).complete)
+from helpers import REPO, SLOW_SPEC, assert_exactly_once, families_done, kill_session, start, wait_for
+from theoryscope.storage.parquet import scan
+from theoryscope.sweeps.tables import run_query
 
 
 def run_rows(results: Path) -> dict[str, object]:
@@ -84,18 +25,14 @@ def run_rows(results: Path) -> dict[str, object]:
 
 
 def resume(results: Path, *extra: object) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "cli", "resume", "slow", "--results", str(results), *map(str, extra)],
+    done = subprocess.run([sys.executable, "-m", "theoryscope.cli", "resume", "slow", "--results", str(results), *map(str, extra)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
 
 
-def assert_exactly_once(results: Path, planned: int = 16) -> None:
-    counts = run_query(results, "SELECT count(*) AS n, count(DISTINCT run_id) AS d, "
-                                "count(*) FILTER (WHERE status = 'ok') AS ok FROM runs").to_pylist()
-    assert counts == [{"n": planned, "d": planned, "ok": planned}]
-    curves = run_query(results, "SELECT count(DISTINCT run_id) AS d, count(*) AS n FROM curves").to_pylist()
-    assert curves == [{"d": planned, "n": planned * 13}]
+# Each starts the CLI (and its embedded Ray) in processes of its own, twice: tens of seconds.
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("when", ["while Ray starts", "after the first family", "half way"])
@@ -128,7 +65,7 @@ def test_ctrl_c_stops_prints_the_resume_command_and_exits_130(write_spec, result
     assert command in stderr
     before = run_rows(results)
     assert 2 <= len(before) // 2 < 8
-    status = json.loads(subprocess.run([sys.executable, "-m", "cli", "status", "slow", "--results", str(results),
+    status = json.loads(subprocess.run([sys.executable, "-m", "theoryscope.cli", "status", "slow", "--results", str(results),
                                         "--json"], cwd=REPO, capture_output=True, text=True).stdout)
     assert status[0]["remaining"] == 16 - len(before)
     resume(results)
@@ -143,7 +80,7 @@ def test_a_checkpointed_family_killed_mid_training_resumes_to_the_same_numbers(w
     spec = write_spec(SLOW_SPEC.format(extra="checkpoint_every = 100").replace(
         "steps = 600", "steps = 3000").replace("depth = [2, 3, 4, 5]\nwidth = [16, 32]", "depth = [3]\nwidth = [64]"))
     clean, broken = tmp_path / "clean", tmp_path / "broken"
-    reference = subprocess.run([sys.executable, "-m", "cli", "launch", str(spec), "--results", str(clean)],
+    reference = subprocess.run([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(clean)],
                                cwd=REPO, capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr
     proc = start("launch", spec, "--results", broken, log=tmp_path / "launch")

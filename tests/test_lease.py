@@ -22,20 +22,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import storage.lease
-from cli import app
-from core.errors import StorageError
-from storage.lease import Holder, LeaseHeld, acquire, lease_path, read_holder
-from storage.location import results_root
-from storage.query import debris, run_query
-from storage.schemas import TABLES
-from sweeps.dispatch import LocalBackend
-from sweeps.catalog import list_sweeps
-from sweeps.launch import launch, prepare, prepare_resume
-from sweeps.load import parse_spec
-from sweeps.status import sweep_status
-from tests.conftest import REPO, SMALL_SPEC
-from tests.test_store import s3_server  # noqa: F401  (the moto S3 server fixture)
+from helpers import REPO, SMALL_SPEC
+from theoryscope.cli import app
+from theoryscope.core.errors import StorageError
+from theoryscope.storage import lease as storage_lease
+from theoryscope.storage.lease import Holder, LeaseHeld, acquire, lease_path, read_holder
+from theoryscope.storage.location import results_root
+from theoryscope.sweeps.catalog import list_sweeps
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare, prepare_resume
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.status import sweep_status
+from theoryscope.sweeps.tables import TABLES, debris, run_query
 
 KEY = "sweep=small"
 
@@ -205,7 +203,7 @@ def test_a_launch_holds_the_lease_and_releases_it_on_error(results, monkeypatch)
 
 def test_a_launch_refused_by_a_live_lease_writes_nothing(results, monkeypatch):
     plant(results, pid=os.getppid())
-    monkeypatch.setattr("sweeps.execute.train_family", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", lambda *a: pytest.fail("trained"))
     plan = prepare(parse_spec(SMALL_SPEC), results)
     with pytest.raises(LeaseHeld, match=f"theoryscope resume small --results {results.resolve()}"):
         launch(plan, results, LocalBackend())
@@ -232,7 +230,7 @@ def test_a_results_directory_that_cannot_be_written_is_refused_before_training(r
 
     plan = prepare(parse_spec(SMALL_SPEC), results)
     monkeypatch.setattr(Path, "mkdir", refuse)
-    monkeypatch.setattr("sweeps.execute.train_family", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", lambda *a: pytest.fail("trained"))
     with pytest.raises(StorageError) as refused:
         launch(plan, results, LocalBackend())
     assert str(refused.value) == \
@@ -278,10 +276,11 @@ def test_a_read_only_results_directory_is_refused_before_anything_trains(write_s
 SLOW = SMALL_SPEC.replace("steps = 30", "steps = 4000").replace("log_every = 10", "log_every = 500")
 
 
+@pytest.mark.slow  # a real second process
 def test_two_launches_of_one_sweep_at_once_train_each_family_once(write_spec, results, tmp_path):
     spec = write_spec(SLOW)
     with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
-        first = subprocess.Popen([sys.executable, "-m", "cli", "launch", str(spec), "--results", str(results),
+        first = subprocess.Popen([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(results),
                                   "--backend", "local", "--json"], cwd=REPO, stdout=out, stderr=err)
     try:
         deadline = time.monotonic() + 120
@@ -315,7 +314,7 @@ def test_two_launches_of_one_sweep_at_once_train_each_family_once(write_spec, re
 
 
 def test_a_lease_in_an_object_store(s3_server, monkeypatch):
-    monkeypatch.setattr(storage.lease, "STORE_SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(storage_lease, "STORE_SETTLE_SECONDS", 0.05)
     root = results_root(s3_server("lease"))
     lease = take(root)
     assert holder_of(root).token == lease.holder.token

@@ -8,11 +8,12 @@ import dataclasses
 
 import pytest
 
-from sweeps.capacity import capacity_for
-from sweeps.load import parse_spec
-from sweeps.plan import CURVE_ROW_BYTES, member_cost, plan_sweep
-from sweeps.spec import ResourceSpec, TrainSpec
-from tests.test_cli import invoke, one_line_error
+from helpers import invoke, one_line_error
+from theoryscope.core.config import TrainSpec
+from theoryscope.sweeps.capacity import capacity_for
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import CURVE_ROW_BYTES, member_cost, plan_sweep
+from theoryscope.sweeps.spec import ResourceSpec
 
 TINY = """
 name = "tiny"

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from core.measures.compression import effective_params
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
+from theoryscope.core.measures.compression import effective_params
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.tables import run_query
 
 CUSHION_SPEC = """
 name = "{name}"

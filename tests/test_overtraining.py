@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from core.measures.overtraining import (
-    linear_theory_asymptote, linear_theory_test_error, linear_theory_train_error, summarize, variances,
+from theoryscope.core.measures.overtraining import (
+    linear_theory_asymptote, linear_theory_test_error, linear_theory_train_error, summarize, theory_test_loss,
+    variances,
 )
-from core.train import train_family
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-from sweeps.theory import theory_test_loss
+from theoryscope.core.train import train_family
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
+from theoryscope.sweeps.tables import run_query
 
 
 def wishart_oracle(alpha, snr, t, init_var=0.0, n=300, draws=30, seed=0):

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from core.errors import SpecError
-from sweeps.load import parse_spec
-from sweeps.plan import family_key, pack_families, plan_sweep
-from tests.conftest import REPO, SMALL_SPEC
+from helpers import REPO, SMALL_SPEC
+from theoryscope.core.errors import SpecError
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import family_key, pack_families, plan_sweep
 
 
 def test_grid_is_the_cartesian_product():
@@ -84,8 +84,8 @@ def test_run_id_is_the_same_in_another_process():
     ids = [r.run_id for r in plan_sweep(parse_spec(SMALL_SPEC)).runs]
     code = (
         "import json, sys\n"
-        "from sweeps.load import parse_spec\n"
-        "from sweeps.plan import plan_sweep\n"
+        "from theoryscope.sweeps.load import parse_spec\n"
+        "from theoryscope.sweeps.plan import plan_sweep\n"
         "print(json.dumps([r.run_id for r in plan_sweep(parse_spec(sys.stdin.read())).runs]))\n"
     )
     child = subprocess.run([sys.executable, "-c", code], input=SMALL_SPEC, capture_output=True,

@@ -6,31 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import models
-from core.errors import SpecError
-from core.train import FamilyTraining, member_losses, train_family
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-
-SPEC = """
-name = "precision"
-[data]
-kind = "teacher-student"
-n_train = 96
-n_test = 32
-input_dim = 8
-[model]
-kind = "mlp"
-width = 32
-depth = 3
-[train]
-lr = 0.05
-steps = 40
-log_every = 10
-[grid]
-"train.matmul_precision" = ["highest", "bf16", "tf32"]
-seed = [0, 1, 2]
-"""
+from helpers import PRECISION_SPEC as SPEC
+from theoryscope.core import models
+from theoryscope.core.errors import SpecError
+from theoryscope.core.train import FamilyTraining, member_losses, train_family
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
 
 
 def families() -> dict[str, list]:

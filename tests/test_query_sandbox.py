@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from core.errors import QueryError
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from tests.conftest import SMALL_SPEC
+from helpers import SMALL_SPEC
+from theoryscope.cli import app
+from theoryscope.core.errors import QueryError
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.tables import run_query
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,8 @@ def test_spill_files_go_to_a_fresh_private_directory_that_is_removed(results, tm
 
 
 def test_a_query_larger_than_memory_spills_under_the_lock(results, tmp_path, monkeypatch):
-    from storage.query import connect, lock_down
+    from theoryscope.storage.query import lock_down
+    from theoryscope.sweeps.tables import connect
 
     monkeypatch.chdir(tmp_path)
     with connect(results) as con:

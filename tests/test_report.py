@@ -7,14 +7,12 @@ import re
 import pytest
 from matplotlib.image import imread
 
-from core.errors import SweepNotFound
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.report import build_report
-from tests.conftest import SMALL_SPEC
-from tests.test_acceleration_sweep import SPEC as ACCELERATION_SPEC
-from tests.test_valley_sweep import VALLEY_SPEC
+from helpers import ACCELERATION_SPEC, SMALL_SPEC, VALLEY_SPEC, invoke
+from theoryscope.core.errors import SweepNotFound
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.report import build_report
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +62,6 @@ def test_a_missing_sweep_writes_nothing(swept, tmp_path):
 
 
 def test_the_cli_prints_where_the_page_is(swept, tmp_path):
-    from tests.test_cli import invoke
-
     result = invoke("report", "small", "--results", swept, "--out", tmp_path / "r")
     assert result.exit_code == 0 and "2 figures" in result.output and str(tmp_path / "r") in result.output
     assert (tmp_path / "r" / "index.html").is_file()

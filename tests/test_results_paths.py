@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from tests.conftest import SMALL_SPEC
-from tests.test_cli import invoke, one_line_error
+from helpers import SMALL_SPEC, invoke, one_line_error
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
 
 READERS = {
     "status": ["status"],

@@ -10,18 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from core.checkpoint import Checkpointer
-from core.errors import TheoryscopeError
-from core.train import train_family
-from storage.parquet import table_path
-from storage.query import debris, run_query
-from sweeps.dispatch import LocalBackend, RayBackend
-from sweeps.execute import FamilyJob, execute_family, execute_in_worker
-from sweeps.launch import launch, prepare, prepare_resume
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-from tests.conftest import SMALL_SPEC
-from tests.test_train import FAMILIES
+from helpers import FAMILIES, SMALL_SPEC
+from theoryscope.core.errors import TheoryscopeError
+from theoryscope.core.train import train_family
+from theoryscope.storage.parquet import table_path
+from theoryscope.sweeps.checkpoints import Checkpointer
+from theoryscope.sweeps.dispatch import LocalBackend, RayBackend
+from theoryscope.sweeps.execute import FamilyJob, execute_family, execute_in_worker
+from theoryscope.sweeps.launch import launch, prepare, prepare_resume
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
+from theoryscope.sweeps.tables import debris, run_query
 
 CPU = torch.device("cpu")
 
@@ -104,6 +103,7 @@ def test_execute_family_resumes_from_its_checkpoint_and_removes_it(tmp_path, mon
         assert a.drop_columns(drop).equals(b.drop_columns(drop))
 
 
+@pytest.mark.slow  # Ray workers killed and started again
 def test_a_worker_that_dies_is_retried_by_ray(results, tmp_path, ray_session):
     marks = str(tmp_path / "marks")
     os.makedirs(marks)
@@ -123,6 +123,7 @@ def test_a_worker_that_dies_is_retried_by_ray(results, tmp_path, ray_session):
     assert counts == [{"n": 8, "d": 8}]
 
 
+@pytest.mark.slow  # Ray workers killed and started again
 def test_a_worker_that_keeps_dying_is_recorded_as_failed(results, ray_session):
     def always_dies(job, threads):
         os._exit(1)
@@ -196,7 +197,7 @@ def test_truncated_and_temporary_files_are_ignored_reported_and_cleaned(results)
 
 def test_a_live_writers_temporary_file_is_left_alone(results):
     launch(prepare(parse_spec(SMALL_SPEC), results), results, LocalBackend())
-    from storage.location import host
+    from theoryscope.storage.location import host
 
     live = results / "runs" / "sweep=small" / f"x.parquet.tmp-{host()}-{os.getpid()}-beef"
     live.write_bytes(b"being written")

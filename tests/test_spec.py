@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import SpecError
-from sweeps.load import load_spec, parse_spec
-from sweeps.spec import DataKind, DataSpec, ModelSpec, Optimizer, ResourceSpec, TrainSpec
+from theoryscope.core.config import DataKind, DataSpec, ModelSpec, Optimizer, TrainSpec
+from theoryscope.core.errors import SpecError
+from theoryscope.sweeps.load import load_spec, parse_spec
+from theoryscope.sweeps.spec import ResourceSpec
 
 
 def test_minimal_spec_takes_every_default():

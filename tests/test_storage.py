@@ -8,12 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.errors import QueryError, StorageError
-from storage import schemas
-from storage.parquet import read_column, table_path, write_atomic
-from storage.query import describe_views, run_query
-from sweeps.records import config_columns
-from sweeps.spec import RUN_SECTIONS, DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec, is_hashed
+from theoryscope.core.config import RUN_SECTIONS, DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec, is_hashed
+from theoryscope.core.errors import QueryError, StorageError
+from theoryscope.storage import schemas
+from theoryscope.storage.parquet import read_column, table_path, write_atomic
+from theoryscope.sweeps.records import check_runs_schema, config_column_names, config_columns
+from theoryscope.sweeps.tables import describe_views, run_query
 
 
 def curve_rows(sweep: str, run_id: str, steps: int) -> pa.Table:
@@ -96,3 +96,10 @@ def test_every_config_field_is_a_runs_column():
     n_fields = sum(sum(map(is_hashed, dataclasses.fields(cls))) for cls in RUN_SECTIONS.values()) + 2  # + experiment, seed
     assert len(columns) == n_fields
     assert set(columns) <= set(schemas.RUNS.names)
+
+
+def test_a_spec_field_without_a_runs_column_is_refused():
+    names = config_column_names()
+    check_runs_schema(schemas.RUNS, names)
+    with pytest.raises(TypeError, match="new_field"):
+        check_runs_schema(schemas.RUNS, [*names, "new_field"])

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,63 +15,15 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from core.checkpoint import Checkpointer
-from core.errors import QueryError, StorageError
-from storage.location import StorePath, host, results_root, root_text, write_file_atomic
-from storage.parquet import clean, read_column, scan, table_path, write_atomic
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from tests.conftest import REPO, SMALL_SPEC
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on a free port; yields a function making results URIs in it."""
-    port = free_port()
-    server = subprocess.Popen([shutil.which("moto_server", path=Path(sys.executable).parent) or "moto_server",
-                               "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("the moto S3 server did not start")
-                time.sleep(0.1)
-
-        def uri(prefix: str) -> str:
-            return (f"s3://theoryscope/{prefix}?endpoint_override=127.0.0.1:{port}&scheme=http"
-                    f"&region=us-east-1&allow_bucket_creation=true")
-
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and anything it started
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+from helpers import CREDENTIALS, REPO, SMALL_SPEC, free_port
+from theoryscope.core.errors import QueryError, StorageError
+from theoryscope.storage.location import StorePath, host, results_root, root_text, write_file_atomic
+from theoryscope.storage.parquet import clean, read_column, scan, table_path, write_atomic
+from theoryscope.sweeps.checkpoints import Checkpointer
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.tables import run_query
 
 
 def rows(n: int) -> pa.Table:
@@ -155,13 +103,14 @@ def test_a_checkpoint_round_trips_through_a_store(s3_server):
 def cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **CREDENTIALS}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "theoryscope.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
 COMPARED = "SELECT run_id, family_id, status, train_loss, test_loss, test_error FROM runs ORDER BY run_id"
 
 
+@pytest.mark.slow
 def test_a_sweep_on_ray_workers_writes_to_a_store_and_resumes_from_it(s3_server, write_spec, tmp_path):
     """The acceptance path: launch on the embedded Ray with results in S3, then status,
     query and resume from the store, with the same numbers as a local directory."""
@@ -211,6 +160,7 @@ def test_sql_over_a_store_reaches_no_file(s3_server):
             run_query(root, hostile)
 
 
+@pytest.mark.slow  # two CLI processes
 def test_file_uris_are_local_directories(write_spec, tmp_path):
     spec = write_spec(SMALL_SPEC)
     uri = f"file://{tmp_path}/viafile"

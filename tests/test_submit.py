@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,18 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import TheoryscopeError
-from storage.query import run_query
-from tests.conftest import SMALL_SPEC
-from tests.test_cli import invoke, one_line_error
+from helpers import SMALL_SPEC, free_port, invoke, one_line_error
+from theoryscope.core.errors import TheoryscopeError
+from theoryscope.sweeps.tables import run_query
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_under(folder: str) -> list[int]:
@@ -79,6 +71,7 @@ def head():
             time.sleep(3)
 
 
+@pytest.mark.slow
 def test_submit_wait_and_query(head, write_spec, tmp_path):
     results = tmp_path / "shared-results"
     spec = write_spec(SMALL_SPEC)
@@ -93,11 +86,12 @@ def test_submit_wait_and_query(head, write_spec, tmp_path):
     assert status[0]["remaining"] == 0
 
 
+@pytest.mark.slow
 def test_launch_through_a_ray_client_address(head, write_spec, tmp_path):
     """``--address ray://HOST:PORT``: the driver stays here, the families run on the cluster."""
     results = tmp_path / "results"
     spec = write_spec(SMALL_SPEC)
-    done = subprocess.run([sys.executable, "-m", "cli", "launch", str(spec), "--results", str(results),
+    done = subprocess.run([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(results),
                            "--address", head[1], "--json"], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent,
                           env=dict(os.environ, RAY_AUTH_MODE="token"))  # the head's token auth, as Ray asks
@@ -108,6 +102,7 @@ def test_launch_through_a_ray_client_address(head, write_spec, tmp_path):
     assert rows == [{"n": 8}]
 
 
+@pytest.mark.slow
 def test_a_bad_spec_is_never_submitted(head, write_spec, tmp_path):
     spec = write_spec(SMALL_SPEC.replace("steps = 30", "steps = -1"))
     line = one_line_error(invoke("submit", spec, "--to", head[0], "--results", tmp_path / "r"))
@@ -122,7 +117,7 @@ def test_an_unreachable_dashboard_is_one_line(write_spec, tmp_path):
 
 
 def test_the_token_is_found_where_ray_keeps_it(monkeypatch, tmp_path):
-    from sweeps.submit import auth_headers
+    from theoryscope.sweeps.submit import auth_headers
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
     assert auth_headers() == {"Authorization": "Bearer abc"}

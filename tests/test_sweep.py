@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from core.errors import TheoryscopeError
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend, RayBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from tests.conftest import SMALL_SPEC
+from helpers import SMALL_SPEC
+from theoryscope.core.errors import TheoryscopeError
+from theoryscope.sweeps.dispatch import LocalBackend, RayBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.tables import run_query
 
 
 def run_local(spec_text, results, sweep=None):

@@ -4,20 +4,18 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
 
-from core.data import make_dataset
-from core.models import init_member
-from core.seeding import generator
-from core.train import train_family
-from sweeps.spec import (
-    DataKind, DataSpec, DType, Experiment, Init, ModelKind, ModelSpec, Optimizer, RunSpec, TrainSpec,
-)
+from helpers import FAMILIES, base_run, make_runs
+from theoryscope.core.config import DataSpec, Experiment, Init, ModelKind, ModelSpec, Optimizer, RunSpec, TrainSpec
+from theoryscope.core.data import make_dataset
+from theoryscope.core.models import init_member
+from theoryscope.core.seeding import generator
+from theoryscope.core.train import train_family
 
 CPU = torch.device("cpu")
 
@@ -80,51 +78,6 @@ def reference_curves(run: RunSpec) -> dict[str, np.ndarray]:
         loss_and_error(xb, yb)[0].backward()
         opt.step()
     return {k: np.asarray(v) for k, v in curves.items()}
-
-
-def make_runs(base: RunSpec, **axes) -> list[RunSpec]:
-    """The product of ``axes`` (``"section.field"`` -> values) over ``base``."""
-    runs = []
-    for values in itertools.product(*axes.values()):
-        run = base
-        for key, value in zip(axes, values):
-            section, _, name = key.partition("__")
-            if not name:
-                run = dataclasses.replace(run, **{section: value})
-            else:
-                run = dataclasses.replace(run, **{section: dataclasses.replace(getattr(run, section), **{name: value})})
-        runs.append(run)
-    return runs
-
-
-def base_run(data: DataSpec, model: ModelSpec, train: TrainSpec) -> RunSpec:
-    return RunSpec(Experiment.TRAIN, data, model, dataclasses.replace(train, dtype=DType.FLOAT64, log_every=5))
-
-
-FAMILIES = {
-    "gd-mlp-regression": make_runs(
-        base_run(DataSpec(n_train=48, n_test=32, input_dim=6, output_dim=2),
-                 ModelSpec(depth=3, width=12), TrainSpec(lr=0.1, steps=25)),
-        seed=[0, 1], train__lr=[0.05, 0.2], data__label_noise=[0.0, 0.7], model__init_scale=[0.5, 1.5],
-    ),
-    "sgd-momentum-mlp-classification-bias": make_runs(
-        base_run(DataSpec(kind=DataKind.GAUSSIAN_MIXTURE, n_train=40, n_test=24, input_dim=5, n_classes=3),
-                 ModelSpec(depth=2, width=10, bias=True),
-                 TrainSpec(optimizer=Optimizer.SGD, lr=0.1, steps=22, batch_size=12, weight_decay=1e-3)),
-        seed=[0, 3], train__momentum=[0.0, 0.9], data__label_noise=[0.0, 0.25],
-    ),
-    "adam-deep-linear-gaussian-init": make_runs(
-        base_run(DataSpec(kind=DataKind.LINEAR_TEACHER, n_train=30, n_test=20, input_dim=8, label_noise=0.5),
-                 ModelSpec(kind=ModelKind.LINEAR, depth=3, width=8, init=Init.GAUSSIAN),
-                 TrainSpec(optimizer=Optimizer.ADAM, lr=0.01, steps=20)),
-        seed=[0, 1], train__lr=[0.01, 0.03], train__beta1=[0.9, 0.5], data__seed=[0, 1],
-    ),
-    "adam-minibatch-bias": make_runs(
-        base_run(DataSpec(n_train=32, n_test=16, input_dim=4), ModelSpec(depth=2, width=6, bias=True),
-                 TrainSpec(optimizer=Optimizer.ADAM, lr=0.02, steps=15, batch_size=8, weight_decay=0.01)),
-        seed=[0, 1, 2],
-    ),
-}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -5,16 +5,8 @@ import math
 import pytest
 import torch
 
-from core.measures.valley import (
-    bezier_barrier, equal_arc_length, linear_barrier, string_barrier,
-)
-
-F64 = torch.float64
-
-
-def ring(th: torch.Tensor) -> torch.Tensor:
-    """A valley around a bump: minima on the unit circle, a maximum of 1 at the origin."""
-    return (th[..., 0] ** 2 + th[..., 1] ** 2 - 1) ** 2
+from helpers import ENDS, F64, embedded, ring
+from theoryscope.core.measures.valley import bezier_barrier, equal_arc_length, linear_barrier, string_barrier
 
 
 def double_well(th: torch.Tensor) -> torch.Tensor:
@@ -27,9 +19,6 @@ def inscribed(beads: int) -> tuple[float, float]:
     radius 1 joined by chords: a chord's middle lies at radius cos(pi / 2(K+1))."""
     half_angle = math.pi / (2 * (beads + 1))
     return math.sin(half_angle) ** 4, (beads + 1) * math.sin(half_angle)
-
-
-ENDS = torch.tensor([-1.0, 0.0], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64)
 
 
 def test_straight_line_over_the_bump_has_the_bump_as_barrier():
@@ -71,24 +60,6 @@ def test_double_well_every_path_has_the_same_barrier():
     assert string["barrier"] == pytest.approx(1.0, abs=1e-6)
     assert bezier["barrier"] == pytest.approx(1.0, abs=1e-3)  # read on 65 points of the curve
     assert string["normalized_length"] == pytest.approx(1.0, abs=1e-3)  # the saddle is on the segment
-
-
-def embedded(landscape, dim: int, seed: int):
-    """``landscape`` on a random plane of R^dim, with stiff and soft quadratic walls in
-    the other directions; returns the loss and the images of the two ends."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=F64))
-    center = torch.randn(dim, generator=g, dtype=F64)
-    walls = torch.linspace(0.5, 3.0, dim - 2, dtype=F64)
-
-    def loss(th: torch.Tensor) -> torch.Tensor:
-        z = (th - center) @ q
-        return landscape(z[..., :2]) + (walls * z[..., 2:] ** 2).sum(-1)
-
-    def place(p: torch.Tensor) -> torch.Tensor:
-        return center + q[:, :2] @ p
-
-    return loss, place(ENDS[0]), place(ENDS[1])
 
 
 def test_landscapes_embedded_in_many_dimensions():

@@ -8,41 +8,17 @@ import math
 import pytest
 import torch
 
-from core.data import make_dataset
-from core.errors import SpecError
-from core.measures.valley import string_barrier
-from core.seeding import derive_seed
-from core.train import train_family
-from storage.query import run_query
-from sweeps.dispatch import LocalBackend
-from sweeps.launch import launch, prepare
-from sweeps.load import parse_spec
-from sweeps.plan import plan_sweep
-
-VALLEY_SPEC = """
-name = "{name}"
-[data]
-kind = "{kind}"
-n_train = 48
-n_test = 40
-input_dim = 5
-[model]
-width = 6
-bias = true
-[train]
-lr = 0.2
-steps = 80
-log_every = 40
-dtype = "float64"
-[measure]
-valleys = {{ {options} }}
-[grid]
-depth = [2, 3]
-seed = [0, 1, 2]
-{extra}
-[resources]
-max_family_size = {size}
-"""
+from helpers import VALLEY_SPEC
+from theoryscope.core.data import make_dataset
+from theoryscope.core.errors import SpecError
+from theoryscope.core.measures.valley import string_barrier
+from theoryscope.core.seeding import derive_seed
+from theoryscope.core.train import train_family
+from theoryscope.sweeps.dispatch import LocalBackend
+from theoryscope.sweeps.launch import launch, prepare
+from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.plan import plan_sweep
+from theoryscope.sweeps.tables import run_query
 
 
 def spec(name="v", kind="teacher-student", options='pairs = "seed", beads = 4, steps = 40', extra="", size=512):
