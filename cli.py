@@ -235,7 +235,7 @@ class TerminalEvents(LaunchEvents):
         self.planning_bar.advance(done, total)
 
     def running(self, plan: Plan) -> None:
-        self.planning_bar.__exit__(None, None, None)
+        self.planning_bar.stop()
         self.plan = plan
         if plan.sweep != self.requested:
             say(f"the name {self.requested!r} is taken by a different spec: launching as {plan.sweep!r}",
@@ -251,9 +251,9 @@ class TerminalEvents(LaunchEvents):
         self.bar.advance(outcome)
 
     def close(self) -> None:
-        self.planning_bar.__exit__(None, None, None)
+        self.planning_bar.stop()
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.stop()
             self.bar = None
 
 

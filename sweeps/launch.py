@@ -240,6 +240,7 @@ def _run_todo(todo: Todo, results: ResultsLike, backend: Backend | BackendName |
     process started ends with the process (ending it first can abort the process)."""
     runner = backend if not isinstance(backend, str) else make_backend(BackendName(backend), address,
                                                                        exits_on_interrupt)
+    interrupted = False
     try:
         resources = todo.spec.resources
         capacity = None
@@ -248,16 +249,13 @@ def _run_todo(todo: Todo, results: ResultsLike, backend: Backend | BackendName |
             capacity = runner.capacity(resources)
         plan = todo.pack(capacity)
         events.running(plan)
-        summary = launch(plan, results, runner, events.done)
+        return launch(plan, results, runner, events.done)
     except KeyboardInterrupt:
+        interrupted = True
         raise
-    except BaseException:
-        if runner is not backend:
+    finally:
+        if runner is not backend and not interrupted:
             runner.close()
-        raise
-    if runner is not backend:
-        runner.close()
-    return summary
 
 
 def launch(plan: Plan, results: ResultsLike, backend: Backend,

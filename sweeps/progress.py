@@ -53,6 +53,9 @@ class SweepProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.enabled:
             self.progress.stop()
 
@@ -91,5 +94,8 @@ class PlanningProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
