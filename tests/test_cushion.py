@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from theoryscope.core.measures import cushion
 from theoryscope.core.measures.cushion import (
-    activation_contraction, interlayer_cushion, interlayer_smoothness, layer_cushion, min_interlayer_cushion,
-    noise_attenuation, smoothness_quantile, weight_norms,
+    activation_contraction, draw_quantile, interlayer_cushion, interlayer_smoothness, layer_cushion, layer_smoothness,
+    min_interlayer_cushion, net_smoothness, noise_attenuation, pooled_smoothness, weight_norms,
 )
 
 D = torch.float64
@@ -167,20 +168,117 @@ def test_smoothness_one_hidden_unit_closed_form():
     finite = torch.isfinite(r)
     assert finite.any() and (~finite).any()
     torch.testing.assert_close(r[finite], torch.full_like(r[finite], 2.0), rtol=1e-12, atol=0)
-    att = noise_attenuation(ws, None, x, generator=gen(3))  # ||M(x+-a) - x^2|| = ||x^2|| either way
+    att = noise_attenuation(ws, None, x, generator=gen(3), noise_scale=1.0)  # ||M(x+-a) - x^2|| = ||x^2||
     assert att.shape == (1, 2) and torch.isnan(att[0, 0])
     assert att[0, 1].item() == pytest.approx(1.0, rel=1e-12)
 
 
 @pytest.mark.parametrize("delta", [0.05, 0.1, 0.25, 0.5])
-def test_smoothness_quantile_is_order_statistic(delta):
+def test_pooled_smoothness_is_the_old_pooled_quantile(delta):
     """Reference: torch.quantile per layer over the 21 flattened values; with N = 21 and these deltas the
     interpolated quantile is exactly the order statistic floor(delta N) (largest rho for 1-delta)."""
     r = torch.rand(3, 7, 3, generator=gen(4), dtype=D) + 0.5
     ref = torch.stack([torch.quantile(row.flatten(), delta) for row in r])
-    torch.testing.assert_close(smoothness_quantile(r, delta), ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(pooled_smoothness(r, delta), ref, rtol=1e-12, atol=0)
     ref2 = torch.sort(r.flatten(1), dim=1).values[:, math.floor(delta * 21)]
-    torch.testing.assert_close(smoothness_quantile(r, delta), ref2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(pooled_smoothness(r, delta), ref2, rtol=1e-12, atol=0)
+
+
+def largest_rho_held(per_draw, delta):
+    """Definition 4.4 read literally over D draws: the largest rho such that the fraction of draws whose
+    ratio is >= rho (the inequality holds for every pair and sample) is at least 1 - delta."""
+    values = per_draw.tolist()
+    held = [rho for rho in values if sum(v >= rho for v in values) >= (1 - delta) * len(values) - 1e-12]
+    return max(held)
+
+
+@pytest.mark.parametrize("draws,delta", [(10, 0.1), (32, 0.1), (7, 0.1), (20, 0.25), (9, 0.5)])
+def test_net_and_layer_smoothness_follow_definition_4_4(draws, delta):
+    """Slow reference: per draw the minimum over layers and samples (net) or over samples (layer), then the
+    largest rho held with probability >= 1 - delta over the draws (``largest_rho_held``); some ratios inf."""
+    r = torch.rand(3, 4, draws, generator=gen(30), dtype=D) * 10 + 0.1
+    r[0, :, 0] = math.inf
+    r[:, :, 1] = math.inf
+    for layer in range(3):
+        per_draw = r[layer].amin(dim=0)
+        assert layer_smoothness(r, delta)[layer].item() == largest_rho_held(per_draw, delta)
+    assert net_smoothness(r, delta).item() == largest_rho_held(r.amin(dim=(0, 1)), delta)
+    assert draw_quantile(r.amin(dim=(0, 1)), delta).item() == largest_rho_held(r.amin(dim=(0, 1)), delta)
+
+
+def test_the_paper_asks_every_sample_at_once():
+    """By construction: 10 samples x 10 draws, every ratio 100 except sample d in draw d (ratio 1). Every draw
+    has a sample that fails at rho > 1, so rho_0.1 = 1 per net and per layer; the pooled figure sees 10% of
+    pairs fail and reports the interpolated quantile 1 + 0.9 * 99 = 90.1. One draw failing in ten holds with
+    probability 0.9: rho_0.1 = 100 then, rho_0.05 = 1; no hidden layer: rho = inf (no pair i < j)."""
+    r = torch.full((1, 10, 10), 100.0, dtype=D)
+    r[0, torch.arange(10), torch.arange(10)] = 1.0
+    assert net_smoothness(r, 0.1).item() == 1.0 and layer_smoothness(r, 0.1).tolist() == [1.0]
+    assert pooled_smoothness(r, 0.1).item() == pytest.approx(90.1, rel=1e-12)
+    r = torch.full((1, 10, 10), 100.0, dtype=D)
+    r[0, 3, 7] = 1.0
+    assert net_smoothness(r, 0.1).item() == 100.0 and net_smoothness(r, 0.05).item() == 1.0
+    assert torch.isinf(net_smoothness(torch.zeros(2, 0, 5, 4, dtype=D), 0.1)).all()
+
+
+def recording(monkeypatch):
+    """Record every unit-noise tensor the measures draw, in order."""
+    drawn = []
+    original = cushion._unit_noise
+
+    def record(shape, generator, like):
+        eta = original(shape, generator, like)
+        drawn.append(eta)
+        return eta
+
+    monkeypatch.setattr(cushion, "_unit_noise", record)
+    return drawn
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_smoothness_ratios_match_a_slow_loop(monkeypatch, bias):
+    """Oracle: per layer i, sample and draw, with the very noise drawn (recorded), Definition 4.4's ratio
+    min_j ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J (x^i + eta)||) with M the plain per-sample map
+    and J its autograd Jacobian at x^i. A budget of 2 samples per block exercises the blocks."""
+    monkeypatch.setattr(cushion, "SMOOTHNESS_BUDGET", 2 * 3 * max(WIDTHS[1:]))
+    drawn = recording(monkeypatch)
+    ws, bs, x = make_net(31, bias=bias, n=5)
+    bs = bs if bias else None
+    got = interlayer_smoothness(ws, bs, x, noise_scale=0.3, draws=3, generator=gen(32))
+    assert got.shape == (3, 5, 3) and len(drawn) == 3 * 3  # 3 layers x 3 blocks (2 + 2 + 1 samples)
+    assert torch.isfinite(got).sum() > 20  # units flip: the ratios are not all the trivial inf
+    for i in range(1, 4):
+        unit = torch.cat(drawn[3 * (i - 1):3 * i])  # [n, draws, h^i]
+        for s, x0 in enumerate(x):
+            xi = preacts(ws, bs, x0, True)
+            for d in range(3):
+                eta = unit[s, d] * 0.3 * xi[i].norm()
+                ratios = []
+                for j in range(i + 1, 5):
+                    jac = jacobian(segment(ws, bs, i, j, True), xi[i])
+                    gap = (segment(ws, bs, i, j, True)(xi[i] + eta) - jac @ (xi[i] + eta)).norm()
+                    ratios.append((eta.norm() * xi[j].norm() / (xi[i].norm() * gap)).item() if gap > 0 else math.inf)
+                assert got[i - 1, s, d].item() == pytest.approx(min(ratios), rel=1e-9)
+
+
+def test_attenuation_matches_a_slow_loop(monkeypatch):
+    """Oracle (Arora et al. Figure 1): per layer i and later layer j the median over the 5 samples of
+    ||M^{i,j}(x^i + eta) - x^j|| / ||x^j||, eta the recorded unit noise times 0.1 ||x^i||, by a plain loop."""
+    drawn = recording(monkeypatch)
+    ws, bs, x = make_net(33, n=5)
+    got = noise_attenuation(ws, bs, x, generator=gen(34), noise_scale=0.1)
+    assert got.shape == (3, 4) and len(drawn) == 3
+    for i in range(1, 4):
+        for j in range(1, 5):
+            if j <= i:
+                assert math.isnan(got[i - 1, j - 1])
+                continue
+            rel = []
+            for s, x0 in enumerate(x):
+                xi = preacts(ws, bs, x0, True)
+                eta = drawn[i - 1][s] * 0.1 * xi[i].norm()
+                rel.append(((segment(ws, bs, i, j, True)(xi[i] + eta) - xi[j]).norm() / xi[j].norm()).item())
+            assert got[i - 1, j - 1].item() == pytest.approx(sorted(rel)[2], rel=1e-10)
 
 
 def orthogonal_net(seed, h=5, depth=3):
@@ -193,10 +291,12 @@ def test_noise_attenuation_orthogonal_linear_net_is_one():
     """Closed form: bias-free linear net of orthogonal Q's: M(x^i + eta) - x^j = Q eta and
     ||Q eta|| = ||eta|| = ||x^i|| = ||x^j||, so every ratio is exactly 1; NaN for j <= i."""
     ws, x = orthogonal_net(7)
-    att = noise_attenuation(ws, None, x, generator=gen(5), nonlinear=False)
+    att = noise_attenuation(ws, None, x, generator=gen(5), nonlinear=False, noise_scale=1.0)
     upper = torch.triu(torch.ones(2, 3, dtype=torch.bool), diagonal=1)
     assert att.shape == (2, 3) and torch.isnan(att[~upper]).all()
     torch.testing.assert_close(att[upper], torch.ones(3, dtype=D), rtol=1e-10, atol=0)
+    att = noise_attenuation(ws, None, x, generator=gen(5), nonlinear=False)  # default: 10% noise, ratio 0.1
+    torch.testing.assert_close(att[upper], torch.full((3,), 0.1, dtype=D), rtol=1e-10, atol=0)
 
 
 def test_weight_norms_match_linalg():
@@ -226,11 +326,15 @@ def test_family_equals_per_net():
         for key, val in weight_norms(ws).items():
             torch.testing.assert_close(val[f], weight_norms(w)[key], **close)
     r = torch.rand(3, 2, 7, 3, generator=gen(6), dtype=D)
-    torch.testing.assert_close(smoothness_quantile(r, 0.1),
-                               torch.stack([smoothness_quantile(rf, 0.1) for rf in r]), **close)
+    for reduce in (pooled_smoothness, layer_smoothness, net_smoothness):
+        torch.testing.assert_close(reduce(r, 0.1), torch.stack([reduce(rf, 0.1) for rf in r]), **close)
+    relu = interlayer_smoothness(ws, bs, x, draws=5, generator=gen(9))
+    for f, (w, b, xf) in enumerate(nets):  # the noise is shared: each member alone sees the same draws
+        torch.testing.assert_close(relu[f], interlayer_smoothness(w, b, xf, draws=5, generator=gen(9)), **close)
     onets = [orthogonal_net(20 + f) for f in range(3)]
     ows = [torch.stack([n[0][k] for n in onets]) for k in range(3)]
-    att = noise_attenuation(ows, None, torch.stack([n[1] for n in onets]), generator=gen(7), nonlinear=False)
+    att = noise_attenuation(ows, None, torch.stack([n[1] for n in onets]), generator=gen(7), nonlinear=False,
+                            noise_scale=1.0)
     assert att.shape == (3, 2, 3)
     upper = torch.triu(torch.ones(2, 3, dtype=torch.bool), diagonal=1)
     torch.testing.assert_close(att[:, upper], torch.ones(3, 3, dtype=D), rtol=1e-10, atol=0)

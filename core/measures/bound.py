@@ -2,26 +2,32 @@
 
 For every member of a family, at one measured step: the quantities of the compression
 bound, with c the largest activation contraction over layers, d the depth, mu_i and
-mu_{i->} the minimum layer and interlayer cushions over the samples and gamma a
+mu_{i->} the minimum layer and interlayer cushions over the samples S and gamma a
 percentile of the training margins,
 
     q = c^2 d^2 max_{x in S} ||f(x)||^2 sum_i 1 / (mu_i^2 mu_{i->}^2) / gamma^2,
     bound = L_gamma(f) + sqrt(q / m)   (log factors dropped),
 
-and how the net compressed by Matrix-Project (``core.measures.compression``) does. The
-bound exists for classification with a positive margin only; elsewhere it is NaN.
+whether the theorem's premises hold (interlayer smoothness rho_delta >= 3d, a margin
+gamma > 0 of a classifier, every cushion positive and finite), and how the net compressed
+by Matrix-Project (``core.measures.compression``) does. ``bound`` is the formula where
+every premise holds and NaN elsewhere; ``bound_formula`` is the formula regardless.
 Every value is an array ``[F]`` (or a plain number shared by the family), on the host.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from theoryscope.core import models
-from theoryscope.core.measures.compression import compress, margin_loss, margins
+from theoryscope.core.measures.compression import (
+    choose_helpers, compress, expected_relative_error, given_helpers, layer_output_error, margin_loss, margins,
+)
+from theoryscope.core.measures.cushion import preactivations
 from theoryscope.core.train import StackedData, member_losses
 
 
@@ -30,14 +36,33 @@ def host(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
+def flags(t: torch.Tensor) -> np.ndarray:
+    """A boolean tensor as a bool array on the host."""
+    return t.detach().cpu().numpy().astype(bool)
+
+
+def premises(rho: torch.Tensor, depth: int, gamma: torch.Tensor | None, mu: torch.Tensor,
+             mu_to: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Theorem 4.1's premises per member: ``premise_smoothness`` rho_delta >= 3d,
+    ``premise_margin`` gamma > 0 (false for regression: the theorem bounds a
+    classification error), ``premise_cushions`` every mu_i and mu_{i->} (``[F, L]``)
+    positive and finite, and their conjunction ``premise``."""
+    smooth = rho >= 3 * depth
+    margin = torch.zeros_like(smooth) if gamma is None else gamma > 0
+    cushions = ((mu > 0) & torch.isfinite(mu) & (mu_to > 0) & torch.isfinite(mu_to)).all(dim=-1)
+    return {"premise_smoothness": smooth, "premise_margin": margin, "premise_cushions": cushions,
+            "premise": smooth & margin & cushions}
+
+
 def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor], contraction: torch.Tensor,
-                     data: StackedData, nonlinear: bool, n_train: int, x: torch.Tensor, compression_k: int,
-                     margin_percentile: float, seed: int) -> dict:
-    """The quantities of Theorem 4.1 and of the Matrix-Project-compressed net, ``[F]`` each.
+                     rho: torch.Tensor, data: StackedData, nonlinear: bool, n_train: int,
+                     margin_percentile: float) -> dict:
+    """The quantities and premises of Theorem 4.1, ``[F]`` each.
 
     ``per_sample`` holds the per-sample ``layer_cushion`` and ``interlayer_cushion``
-    ``[F, L, n]`` on the samples ``x``; ``contraction`` is ``[F, L-1]``; ``compression_k``
-    helpers per layer (0: no compressed net) drawn from ``seed``.
+    ``[F, L, n]`` on the samples S; ``contraction`` is ``[F, L-1]``; ``rho`` is the
+    paper's rho_delta per member (``cushion.net_smoothness``). max ||f(x)|| and gamma are
+    taken over the whole training set.
     """
     depth = len(params.weights)
     out_train = models.forward(params, data.x_train, nonlinear)
@@ -45,7 +70,7 @@ def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor],
     train_loss, train_error = member_losses(out_train, data.y_train, data.classification)
     test_loss, test_error = member_losses(out_test, data.y_test, data.classification)
     f = out_train.shape[0]
-    c = contraction.amax(dim=-1) if depth > 1 else torch.ones(f, dtype=x.dtype, device=x.device)
+    c = contraction.amax(dim=-1) if depth > 1 else out_train.new_ones(f)
     max_norm = out_train.norm(dim=-1).amax(dim=-1)
     mu = per_sample["layer_cushion"].amin(dim=-1)
     mu_to = per_sample["interlayer_cushion"].amin(dim=-1)
@@ -53,42 +78,104 @@ def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor],
     row = {
         "activation_contraction": host(c), "max_output_norm": host(max_norm),
         "params": sum(int(w.shape[-1] * w.shape[-2]) for w in params.weights),
-        "margin": nothing, "margin_loss": nothing, "effective_params": nothing, "bound": nothing,
-        "train_error": nothing, "test_error": nothing, "gen_gap": host(test_loss - train_loss),
-        "compression_k": compression_k or None, "compressed_params": compression_k * depth or None,
-        "compression_error": nothing, "compressed_train_error": nothing, "compressed_test_error": nothing,
-        "compressed_test_loss": nothing, "compressed_margin_loss": nothing,
+        "margin": nothing, "margin_loss": nothing, "effective_params": nothing, "bound_formula": nothing,
+        "bound": nothing, "train_error": nothing, "test_error": nothing, "gen_gap": host(test_loss - train_loss),
+        "interlayer_smoothness": host(rho),
     }
     gamma = None
     if data.classification:
         margin = margins(out_train, data.y_train)
         gamma = torch.quantile(margin, margin_percentile / 100, dim=-1)
-        gamma = torch.where(gamma > 0, gamma, math.nan)  # no positive margin: no bound
         q = c**2 * depth**2 * max_norm**2 * (1 / (mu**2 * mu_to**2)).sum(dim=-1) / gamma**2
-        loss_at_gamma = torch.where(torch.isnan(gamma), math.nan, margin_loss(margin, gamma))
+        loss_at_gamma = margin_loss(margin, gamma)
+        formula = loss_at_gamma + torch.sqrt(q / n_train)
         row |= {"margin": host(gamma), "margin_loss": host(loss_at_gamma), "effective_params": host(q),
-                "bound": host(loss_at_gamma + torch.sqrt(q / n_train)), "train_error": host(train_error),
-                "test_error": host(test_error), "gen_gap": host(test_error - train_error)}
-    if compression_k:
-        row |= _compressed(params, data, nonlinear, x, compression_k, seed, gamma)
+                "bound_formula": host(formula), "train_error": host(train_error), "test_error": host(test_error),
+                "gen_gap": host(test_error - train_error)}
+    row |= {name: flags(held) for name, held in premises(rho, depth, gamma, mu, mu_to).items()}
+    row["bound"] = np.where(row["premise"], row["bound_formula"], math.nan)
     return row
 
 
-def _compressed(params: models.Params, data: StackedData, nonlinear: bool, x: torch.Tensor, k: int, seed: int,
-                gamma: torch.Tensor | None) -> dict:
-    """How the net with every weight matrix compressed by Matrix-Project does: its median
-    relative output change on ``x``, its test loss and (classification) its errors and
-    its training margin loss at the uncompressed net's gamma."""
-    small = models.Params(compress(params.weights, k, seed), params.biases)
+@dataclass(frozen=True)
+class CompressionPlan:
+    """How many Matrix-Project helpers each layer gets: ``k`` one integer per layer (from
+    the spec), or None to choose k per member and layer from the target error ``eps``
+    (``compression.choose_helpers``, at most ``max_k``); ``seed`` of the helpers."""
+
+    k: tuple[int, ...] | None
+    eps: float
+    max_k: int
+    seed: int
+
+
+Counts = list[torch.Tensor]  # one [F] tensor per layer
+
+
+def helper_counts(weights, inputs: list[torch.Tensor], plan: CompressionPlan) -> tuple[Counts, Counts]:
+    """Per layer ``[F]``: the helpers used (0: the layer is kept as it is) and those the
+    target error needs (NaN when k is given)."""
+    if plan.k is None:
+        return choose_helpers(weights, inputs, plan.eps, plan.max_k)
+    used = given_helpers(weights, plan.k)
+    return used, [torch.full(u.shape, math.nan, dtype=inputs[0].dtype, device=u.device) for u in used]
+
+
+def compressed_quantities(params: models.Params, data: StackedData, nonlinear: bool, x: torch.Tensor,
+                          plan: CompressionPlan, gamma: np.ndarray) -> tuple[dict, dict]:
+    """The net with its layers compressed by Matrix-Project as ``plan`` says: ``(bounds
+    columns [F], layers columns [F, L])``.
+
+    Per layer: the helpers used (``compression_k``, NaN where the layer is kept as it is),
+    those the target needs (``compression_k_needed``), whether it is compressed, the
+    closed-form expected RMS relative error of its output over the samples ``x`` and the
+    measured one with only that layer compressed (both 0 for a layer kept). Per net: the
+    most helpers of a layer, the numbers stored (sum of k_i, fan_in * fan_out for a layer
+    kept), the layers compressed, the target, and how the compressed net does
+    (``_compressed_net``).
+    """
+    w = params.weights
+    xs = preactivations(w, params.biases, x, nonlinear)
+    inputs = [xs[0]] + [torch.relu(t) if nonlinear else t for t in xs[1:-1]]  # phi(x^{i-1})
+    used, needed = helper_counts(w, inputs, plan)
+    small = models.Params(compress(w, used, plan.seed), params.biases)
+    counts = torch.stack(used, dim=-1).to(x.dtype)  # [F, L]
+    on = counts > 0
+    expected = torch.stack([expected_relative_error(a, z, u.clamp_min(1)) for a, z, u in zip(w, inputs, used)], -1)
+    measured = torch.stack([layer_output_error(a, s, z) for a, s, z in zip(w, small.weights, inputs)], dim=-1)
+    sizes = torch.tensor([a.shape[-1] * a.shape[-2] for a in w], dtype=x.dtype, device=x.device)
+    most = counts.amax(dim=-1)
+    layers = {
+        "compression_k": host(torch.where(on, counts, math.nan)),
+        "compression_k_needed": host(torch.stack(needed, dim=-1)),
+        "compressed": flags(on),
+        "compression_expected_error": host(torch.where(on, expected, 0.0)),
+        "compression_layer_error": host(measured),
+    }
+    net = {
+        "compression_k": host(torch.where(most > 0, most, math.nan)),
+        "compressed_params": host(torch.where(on, counts, sizes).sum(dim=-1)),
+        "compressed_layers": host(on.sum(dim=-1).to(x.dtype)),
+        "compression_target": plan.eps if plan.k is None else None,
+    }
+    return net | _compressed_net(params, small, data, nonlinear, x, gamma), layers
+
+
+def _compressed_net(params: models.Params, small: models.Params, data: StackedData, nonlinear: bool,
+                    x: torch.Tensor, gamma: np.ndarray) -> dict:
+    """How the compressed net does: its median relative output change on ``x``, its test
+    loss and (classification) its errors and its training margin loss at gamma."""
     reference = models.forward(params, x, nonlinear)
     moved = (models.forward(small, x, nonlinear) - reference).norm(dim=-1) / reference.norm(dim=-1)
-    c_train = models.forward(small, data.x_train, nonlinear)
     c_test_loss, c_test_error = member_losses(models.forward(small, data.x_test, nonlinear), data.y_test,
                                               data.classification)
-    row = {"compression_error": host(moved.median(dim=-1).values), "compressed_test_loss": host(c_test_loss)}
+    nothing = np.full(reference.shape[0], math.nan)
+    row = {"compression_error": host(moved.median(dim=-1).values), "compressed_test_loss": host(c_test_loss),
+           "compressed_train_error": nothing, "compressed_test_error": nothing, "compressed_margin_loss": nothing}
     if data.classification:
+        c_train = models.forward(small, data.x_train, nonlinear)
         _, c_train_error = member_losses(c_train, data.y_train, True)
+        at = torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
         row |= {"compressed_train_error": host(c_train_error), "compressed_test_error": host(c_test_error),
-                "compressed_margin_loss": host(torch.where(
-                    torch.isnan(gamma), math.nan, margin_loss(margins(c_train, data.y_train), gamma)))}
+                "compressed_margin_loss": host(margin_loss(margins(c_train, data.y_train), at))}
     return row

@@ -12,6 +12,11 @@ u, v the error u^T Â v - u^T A v has variance
 k = O(log(1/eta) / eps^2). Noise stability (large cushions) is what keeps these
 per-layer errors from growing through the net.
 
+Summing that variance over a layer's output coordinates gives the expected error of the
+layer's output in closed form (``projection_variance``), so the k that meets a target
+relative error eps of each layer's output follows directly (``helpers_for_error``); a
+layer whose k would reach fan_in * fan_out is kept as it is (``choose_helpers``).
+
 Theorem 4.1 bounds the classification error of the compressed net by the training
 margin loss plus sqrt(q / m) (up to log factors), with q the effective number of parameters
 
@@ -30,23 +35,72 @@ from theoryscope.core.seeding import generator as named_generator
 Tensor = torch.Tensor
 
 
-def matrix_project(a: Tensor, k: int, generator: torch.Generator, chunk: int = 64) -> Tensor:
-    """Â for ``a`` of shape ``[m, n]`` or ``[F, m, n]`` (the same helpers for every member;
-    they depend on the generator only). Helpers are drawn ``chunk`` at a time on the CPU."""
+def matrix_project(a: Tensor, k: int | Tensor, generator: torch.Generator, chunk: int = 64) -> Tensor:
+    """Â for ``a`` of shape ``[m, n]`` or ``[F, m, n]``. ``k`` is one count, or one per
+    member (``[F]``): member f uses the first k_f helpers of one shared sequence (the
+    helpers depend on the generator only), and a member with k_f = 0 keeps A. Helpers are
+    drawn ``chunk`` at a time on the CPU, always whole chunks, so the sequence is the same
+    whatever the counts."""
     single = a.dim() == 2
     stacked = a.unsqueeze(0) if single else a
-    m, n = stacked.shape[-2:]
-    total = torch.zeros_like(stacked)
-    left = k
-    flat = stacked.reshape(stacked.shape[0], m * n)
-    while left > 0:
-        c = min(chunk, left)
-        helpers = random_signs(c * m * n, generator).to(stacked).view(c, m * n)
-        coefficients = flat @ helpers.T  # <A, M_l>, [F, c]
-        total += (coefficients @ helpers).view_as(total)
-        left -= c
-    projected = total / k
+    f, m, n = stacked.shape
+    counts = torch.as_tensor(k, dtype=torch.int64).reshape(-1).expand(f).to(stacked.device)
+    flat = stacked.reshape(f, m * n)
+    total = torch.zeros_like(flat)
+    for start in range(0, int(counts.max()), chunk):
+        helpers = random_signs(chunk * m * n, generator).to(stacked).view(chunk, m * n)
+        used = (start + torch.arange(chunk, device=stacked.device)) < counts.unsqueeze(-1)  # [F, chunk]
+        coefficients = (flat @ helpers.T) * used  # <A, M_l> for the helpers member f uses
+        total += coefficients @ helpers
+    kept = (counts == 0).unsqueeze(-1)
+    projected = torch.where(kept, flat, total / counts.clamp_min(1).unsqueeze(-1).to(flat.dtype)).view_as(stacked)
     return projected.squeeze(0) if single else projected
+
+
+def projection_variance(a: Tensor, z: Tensor) -> Tensor:
+    """k times the expected squared error of Matrix-Project on the vectors z, per vector:
+
+        k E||(Â - A) z||^2 = h_out ||A||_F^2 ||z||^2 + ||A z||^2 - 2 sum_ab A_ab^2 z_b^2,
+
+    the bilinear variance of the module docstring with u = e_a, summed over the h_out
+    output coordinates a (k helpers average k independent one-helper estimates). ``a``
+    ``[..., m, n]``, ``z`` ``[..., s, n]`` -> ``[..., s]``."""
+    h_out = a.shape[-2]
+    fro2 = a.square().sum(dim=(-2, -1)).unsqueeze(-1)
+    az = z @ a.mT
+    cross = z.square() @ a.square().mT  # [..., s, m]: sum_b A_ab^2 z_b^2
+    return h_out * fro2 * z.square().sum(dim=-1) + az.square().sum(dim=-1) - 2 * cross.sum(dim=-1)
+
+
+def relative_variance(a: Tensor, z: Tensor) -> Tensor:
+    """k times the expected mean-square relative error over the vectors z,
+    mean_s k E||(Â - A) z_s||^2 / ||A z_s||^2, ``[...]``; infinite where some A z_s = 0."""
+    az2 = (z @ a.mT).square().sum(dim=-1)
+    ratio = torch.where(az2 > 0, projection_variance(a, z) / az2, math.inf)
+    return ratio.mean(dim=-1)
+
+
+def expected_relative_error(a: Tensor, z: Tensor, k: Tensor | int) -> Tensor:
+    """The RMS over the vectors z of the relative error ||(Â - A) z|| / ||A z|| in
+    expectation over the helpers, sqrt(relative_variance / k)."""
+    return torch.sqrt(relative_variance(a, z) / k)
+
+
+def helpers_for_error(a: Tensor, z: Tensor, eps: float) -> Tensor:
+    """The smallest k whose expected mean-square relative error over z is at most eps^2,
+    ceil(relative_variance / eps^2), as floats (infinite where no k reaches it). With
+    mu = ||A z|| / (||A||_F ||z||) the layer cushion (Definition 4.1), k is about
+    h_out / (mu^2 eps^2): large cushions give small k. (Theorem 4.1's count q, with
+    1 / (mu_i^2 mu_{i->}^2) per layer, also holds the interlayer cushion because it aims
+    at the error of the net's output; a target for each layer's own output needs mu_i.)"""
+    return torch.ceil(relative_variance(a, z) / eps**2 - 1e-9)
+
+
+def layer_output_error(a: Tensor, projected: Tensor, z: Tensor) -> Tensor:
+    """The RMS over the vectors z of ||(Â - A) z|| / ||A z||: one draw's relative error of
+    a layer's output, the measured counterpart of ``expected_relative_error``."""
+    rel = ((z @ (projected - a).mT).norm(dim=-1) / (z @ a.mT).norm(dim=-1)).square()
+    return rel.mean(dim=-1).sqrt()
 
 
 def random_signs(count: int, generator: torch.Generator) -> Tensor:
@@ -57,10 +111,15 @@ def random_signs(count: int, generator: torch.Generator) -> Tensor:
     return bits.view(-1)[:count].to(torch.int8) * 2 - 1
 
 
-def compress(weights: Sequence[Tensor], k: int, seed: int) -> list[Tensor]:
-    """Matrix-Project every layer with k helpers of its own, drawn from ``seed``."""
-    return [matrix_project(w, k, named_generator(seed, "matrix-project", layer))
-            for layer, w in enumerate(weights, start=1)]
+def compress(weights: Sequence[Tensor], k: int | Sequence[int | Tensor], seed: int) -> list[Tensor]:
+    """Matrix-Project every layer with helpers of its own, drawn from ``seed``: ``k`` one
+    count for every layer, or one per layer (an integer, or one per member ``[F]``); a
+    count of 0 keeps the layer as it is."""
+    counts = [k] * len(weights) if isinstance(k, int) else list(k)
+    if len(counts) != len(weights):
+        raise ValueError(f"need one helper count per layer ({len(weights)}), got {len(counts)}")
+    return [matrix_project(w, c, named_generator(seed, "matrix-project", layer))
+            for layer, (w, c) in enumerate(zip(weights, counts), start=1)]
 
 
 def margins(outputs: Tensor, labels: Tensor) -> Tensor:
@@ -82,3 +141,26 @@ def effective_params(c: float, depth: int, max_output_norm: float, mu: Sequence[
     """q of Theorem 4.1: c^2 d^2 max ||f(x)||^2 sum_i 1/(mu_i^2 mu_{i->}^2) / gamma^2."""
     total = sum(1.0 / (m**2 * t**2) for m, t in zip(mu, mu_to))
     return c**2 * depth**2 * max_output_norm**2 * total / gamma**2
+
+
+def choose_helpers(weights: Sequence[Tensor], inputs: Sequence[Tensor], eps: float,
+                   max_k: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer, the helper counts from a target error (``helpers_for_error``): ``[F]``
+    counts used (0: the layer is kept as it is) and ``[F]`` counts the target needs. A
+    layer is compressed only when it needs fewer than fan_in * fan_out helpers (with as
+    many, the k numbers are no fewer than A's entries) and at most ``max_k`` (each helper
+    costs fan_in * fan_out sign draws). ``inputs[i]`` is phi(x^{i-1}) on the samples."""
+    used, needed = [], []
+    for w, z in zip(weights, inputs):
+        need = helpers_for_error(w, z, eps).clamp_min(1)
+        cap = min(max_k, w.shape[-1] * w.shape[-2] - 1)
+        used.append(torch.where(need <= cap, need, 0).to(torch.int64))
+        needed.append(need)
+    return used, needed
+
+
+def given_helpers(weights: Sequence[Tensor], k: Sequence[int]) -> list[Tensor]:
+    """Per layer ``[F]`` counts from one given k per layer; a layer with k = 0 or
+    k >= fan_in * fan_out is kept as it is (no fewer numbers than A's entries)."""
+    return [torch.full(w.shape[:-2], c if 0 < c < w.shape[-1] * w.shape[-2] else 0, dtype=torch.int64,
+                       device=w.device) for w, c in zip(weights, k)]

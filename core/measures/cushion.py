@@ -25,6 +25,9 @@ import torch
 Tensor = torch.Tensor
 # Largest number of Jacobian entries held at once (chunks of samples keep memory bounded).
 JACOBIAN_BUDGET = 2**25
+# Perturbed activations held per member at once by interlayer_smoothness (samples x draws
+# x width): the noise is drawn in blocks of samples of this size, whatever the family size.
+SMOOTHNESS_BUDGET = 2**18
 
 
 def _family(weights: Sequence[Tensor], biases: Sequence[Tensor] | None, x: Tensor):
@@ -168,7 +171,7 @@ def _propagate(weights, biases, z: Tensor, i: int, nonlinear: bool) -> list[Tens
 
 def _linearised(weights, xs: list[Tensor], z: Tensor, i: int, nonlinear: bool) -> list[Tensor]:
     """[J^{i,j}_{x^i} z for j = i+1..L]: the map with every mask fixed at x's pattern
-    (``z [F, n, draws, h^i]``)."""
+    (``xs`` the pre-activations of the same samples as ``z [F, n, draws, h^i]``)."""
     outs = []
     for k in range(i, len(weights)):
         z = _layer(weights[k], None, _mask(xs[k], nonlinear).unsqueeze(2) * z)
@@ -176,39 +179,97 @@ def _linearised(weights, xs: list[Tensor], z: Tensor, i: int, nonlinear: bool) -
     return outs
 
 
-def interlayer_smoothness(weights, biases, x: Tensor, noise_scale: float = 0.1, draws: int = 8,
+def _smoothness_block(weights, biases, xs: list[Tensor], i: int, eta_unit: Tensor, noise_scale: float,
+                      nonlinear: bool) -> Tensor:
+    """Definition 4.4's ratio at layer i for a block of samples, ``[F, s, draws]``:
+    min over j > i of ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J^{i,j}(x^i + eta)||)."""
+    xi = xs[i]
+    eta = eta_unit * (noise_scale * xi.norm(dim=-1))[..., None, None]
+    z = xi.unsqueeze(2) + eta
+    ratio = torch.full(eta.shape[:-1], math.inf, dtype=xi.dtype, device=xi.device)
+    for j, (true, lin) in enumerate(zip(_propagate(weights, biases, z, i, nonlinear),
+                                        _linearised(weights, xs, z, i, nonlinear)), start=i + 1):
+        gap = (true - lin).norm(dim=-1)
+        scale = eta.norm(dim=-1) * xs[j].norm(dim=-1).unsqueeze(-1) / xi.norm(dim=-1).unsqueeze(-1)
+        ratio = torch.minimum(ratio, torch.where(gap > 0, scale / gap, math.inf))
+    return ratio
+
+
+def interlayer_smoothness(weights, biases, x: Tensor, noise_scale: float = 0.1, draws: int = 32,
                           generator: torch.Generator | None = None, nonlinear: bool = True) -> Tensor:
     """Per hidden layer i, sample and noise draw, ``[L-1, n, draws]``: the largest rho for
     which Definition 4.4's inequality holds at every later layer,
 
         min_{i<j<=L} ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J^{i,j}_{x^i}(x^i + eta)||),
 
-    with eta Gaussian of norm ``noise_scale * ||x^i||``. Infinite where the map is linear
-    along the perturbation. ``smoothness_quantile`` turns it into rho_delta."""
+    with eta Gaussian of norm ``noise_scale * ||x^i||``, independent across layers, samples
+    and draws (the paper's eta comes from compressing the layers below i; Gaussian noise
+    of a chosen relative size stands in for it). Infinite where the map is linear along
+    the perturbation. Draw d of every layer and sample together is one noise event:
+    ``net_smoothness`` turns the ratios into the paper's rho_delta, ``layer_smoothness``
+    into a per-layer figure.
+
+    The noise is drawn in blocks of samples whose size depends on ``draws`` and the widths
+    only, never on the family size, so a family measures what its members measure alone.
+    """
     weights, biases, x, single = _family(weights, biases, x)
     xs = preactivations(weights, biases, x, nonlinear)
     f, n = x.shape[:2]
     rows = []
     for i in range(1, len(weights)):
-        xi = xs[i]
-        eta = _unit_noise((n, draws, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1))[..., None, None]
-        z = xi.unsqueeze(2) + eta
-        ratio = torch.full((f, n, draws), math.inf, dtype=x.dtype, device=x.device)
-        for j, (true, lin) in enumerate(zip(_propagate(weights, biases, z, i, nonlinear),
-                                            _linearised(weights, xs, z, i, nonlinear)), start=i + 1):
-            gap = (true - lin).norm(dim=-1)
-            scale = eta.norm(dim=-1) * xs[j].norm(dim=-1).unsqueeze(-1) / xi.norm(dim=-1).unsqueeze(-1)
-            ratio = torch.minimum(ratio, torch.where(gap > 0, scale / gap, math.inf))
+        block = max(1, SMOOTHNESS_BUDGET // (draws * max(w.shape[1] for w in weights[i - 1:])))
+        ratio = x.new_empty(f, n, draws)
+        for start in range(0, n, block):
+            samples = slice(start, min(n, start + block))
+            eta = _unit_noise((samples.stop - start, draws, xs[i].shape[-1]), generator, x)
+            ratio[:, samples] = _smoothness_block(weights, biases, [t[:, samples] for t in xs], i, eta,
+                                                  noise_scale, nonlinear)
         rows.append(ratio)
     if not rows:
         return _out(x.new_zeros(f, 0, n, draws), single)
     return _out(torch.stack(rows, dim=1), single)
 
 
-def smoothness_quantile(ratios: Tensor, delta: float) -> Tensor:
-    """rho_delta per layer: the delta-quantile over samples and draws, i.e. the largest
-    rho for which the inequality holds for a 1 - delta fraction. ``ratios`` is
-    ``[..., L-1, n, draws]`` as returned by ``interlayer_smoothness``."""
+def draw_quantile(per_draw: Tensor, delta: float) -> Tensor:
+    """The largest rho that at least a 1 - delta fraction of the draws reach, over the last
+    axis (D draws): the order statistic of rank D - ceil((1 - delta) D) (0-based), i.e.
+    floor(delta D), with no interpolation. Fewer than 1/delta draws give the minimum."""
+    draws = per_draw.shape[-1]
+    required = math.ceil((1 - delta) * draws - 1e-9)  # draws that must hold; 1e-9 absorbs rounding of (1-delta)D
+    return torch.sort(per_draw, dim=-1).values[..., draws - required]
+
+
+def net_smoothness(ratios: Tensor, delta: float) -> Tensor:
+    """rho_delta of Definition 4.4, one number per net: the largest rho such that, with
+    probability at least 1 - delta over the noise, the inequality holds for *every* layer
+    pair i < j and *every* sample at once. Per draw (one noise event) the minimum over
+    layers and samples; then ``draw_quantile`` over the draws. ``ratios`` is
+    ``[..., L-1, n, draws]`` from ``interlayer_smoothness``; with no hidden layer there is
+    no pair i < j and rho_delta is infinite (the condition holds vacuously).
+
+    The paper writes "the smallest number such that"; the inequality holds for every rho
+    below any that satisfies it, so the informative reading, and the one Theorem 4.1's
+    premise rho_delta >= 3d needs, is the largest."""
+    if ratios.shape[-3] == 0 or ratios.shape[-2] == 0:
+        return ratios.new_full(ratios.shape[:-3], math.inf)
+    return draw_quantile(ratios.amin(dim=-2).amin(dim=-2), delta)
+
+
+def layer_smoothness(ratios: Tensor, delta: float) -> Tensor:
+    """rho_delta restricted to one layer i, ``[..., L-1]``: per draw the minimum over the
+    samples (and over j > i, already in ``ratios``), then ``draw_quantile`` over the draws.
+    The paper's rho_delta (``net_smoothness``) is at most the smallest of these."""
+    if ratios.shape[-2] == 0:
+        return ratios.new_full(ratios.shape[:-2], math.inf)
+    return draw_quantile(ratios.amin(dim=-2), delta)
+
+
+def pooled_smoothness(ratios: Tensor, delta: float) -> Tensor:
+    """The pooled figure earlier versions reported as rho_delta, per layer: the
+    delta-quantile (linear interpolation) of the ratios over samples and draws together,
+    i.e. the largest rho for which the inequality holds for a 1 - delta fraction of the
+    (sample, draw) pairs. Not the paper's quantity (it asks all samples at once); larger
+    than ``layer_smoothness``. ``ratios`` is ``[..., L-1, n, draws]``."""
     flat = ratios.flatten(start_dim=-2)
     if flat.numel() == 0:  # no hidden layer
         return flat.new_zeros(flat.shape[:-1])
@@ -218,10 +279,12 @@ def smoothness_quantile(ratios: Tensor, delta: float) -> Tensor:
 
 
 def noise_attenuation(weights, biases, x: Tensor, generator: torch.Generator | None = None,
-                      nonlinear: bool = True) -> Tensor:
-    """How noise injected at layer i dies out upward, ``[L-1, L]``: for 1 <= i < j <= L the
-    median over samples of ``||M^{i,j}(x^i + eta) - x^j|| / ||x^j||`` with Gaussian eta of
-    norm ``||x^i||`` (as large as the signal); NaN where j <= i. Column L is the output."""
+                      nonlinear: bool = True, noise_scale: float = 0.1) -> Tensor:
+    """How noise injected at layer i dies out upward (Arora et al. 2018, Figure 1),
+    ``[L-1, L]``: for 1 <= i < j <= L the median over samples of
+    ``||M^{i,j}(x^i + eta) - x^j|| / ||x^j||`` with Gaussian eta of norm
+    ``noise_scale * ||x^i||`` (one draw per sample); NaN where j <= i. Column L is the
+    output; at j = i the ratio would be ``noise_scale`` itself."""
     weights, biases, x, single = _family(weights, biases, x)
     xs = preactivations(weights, biases, x, nonlinear)
     f, n = x.shape[:2]
@@ -229,7 +292,7 @@ def noise_attenuation(weights, biases, x: Tensor, generator: torch.Generator | N
     out = torch.full((f, max(depth - 1, 0), depth), math.nan, dtype=x.dtype, device=x.device)
     for i in range(1, depth):
         xi = xs[i]
-        eta = _unit_noise((n, xi.shape[-1]), generator, x) * xi.norm(dim=-1, keepdim=True)
+        eta = _unit_noise((n, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1, keepdim=True))
         for j, noisy in enumerate(_propagate(weights, biases, xi + eta, i, nonlinear), start=i + 1):
             rel = (noisy - xs[j]).norm(dim=-1) / xs[j].norm(dim=-1)
             out[:, i - 1, j - 1] = rel.median(dim=-1).values

@@ -44,10 +44,11 @@ def enabled(spec: MeasureSpec) -> list[tuple[Measure, Any]]:
     return on
 
 
-def check_measures(spec: MeasureSpec, grid: Grid) -> None:
-    """What each enabled measure needs of the rest of the sweep; raises ``SpecError``."""
+def check_measures(spec: MeasureSpec, grid: Grid, base: RunSpec) -> None:
+    """What each enabled measure needs of the rest of the sweep (its grid, and its base
+    run for the fields the grid leaves alone); raises ``SpecError``."""
     for measure, options in enabled(spec):
-        measure.check(options, grid)
+        measure.check(options, grid, base)
 
 
 def snapshot_steps(spec: MeasureSpec, run: RunSpec) -> list[int]:

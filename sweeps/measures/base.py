@@ -39,7 +39,8 @@ class Measure:
     ``name``: its key in ``[measure]`` (``true`` or a table of ``options``) and in the
     registry. ``options``: a frozen dataclass whose ``__post_init__`` checks each value
     (raising ``FieldError``); None for a measure that is always on and has no key.
-    ``check(options, grid)``: what the options need of the rest of the sweep, raising
+    ``check(options, grid, base)``: what the options need of the rest of the sweep (its
+    grid and its base run, the values of every field the grid does not sweep), raising
     ``SpecError`` (e.g. the field valleys pair runs on must be swept).
     ``tables``: name -> schema of every table it writes; a view shows these columns
     while the table has no files (the rows of one sweep may carry more, e.g. percentile
@@ -55,7 +56,7 @@ class Measure:
 
     name: str
     options: type | None = None
-    check: Callable[[Any, Grid], None] = _nothing
+    check: Callable[[Any, Grid, RunSpec], None] = _nothing
     tables: Mapping[str, pa.Schema] = field(default_factory=dict)
     snapshot_steps: Callable[[Any, RunSpec], set[int]] = _no_steps
     together: Callable[[Any, RunSpec], str] | None = None

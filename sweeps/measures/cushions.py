@@ -3,14 +3,17 @@ Neyshabur & Zhang, "Stronger generalization bounds for deep nets via a compressi
 approach" (ICML 2018).
 
 For every member of a family, at the steps asked for and after training: the per-layer
-cushions, contraction, smoothness, noise attenuation and norms (``layers``, one row per
-layer) and the bound of Theorem 4.1 with the Matrix-Project-compressed net beside it
-(``bounds``, one row per member). All of it is computed stacked over the family by
-``core.measures.cushion`` and ``core.measures.bound``.
+cushions, contraction, smoothness, noise attenuation, norms and Matrix-Project helpers
+(``layers``, one row per layer), the bound of Theorem 4.1 with its premises and the
+compressed net beside it (``bounds``, one row per member), and the attenuation curve of
+the paper's Figure 1 (``attenuation``, one row per pair of layers). All of it is computed
+stacked over the family by ``core.measures.cushion``, ``core.measures.bound`` and
+``core.measures.compression``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,16 +23,16 @@ import torch
 
 from theoryscope.core import models
 from theoryscope.core.config import Choice, RunSpec, is_finite, require
-from theoryscope.core.measures.bound import bound_quantities, host
+from theoryscope.core.errors import SpecError
+from theoryscope.core.measures.bound import CompressionPlan, bound_quantities, compressed_quantities, host
 from theoryscope.core.measures.cushion import (
-    activation_contraction, interlayer_smoothness, layer_cushion, min_interlayer_cushion, noise_attenuation,
-    smoothness_quantile, weight_norms,
+    activation_contraction, interlayer_smoothness, layer_cushion, layer_smoothness, min_interlayer_cushion,
+    net_smoothness, noise_attenuation, pooled_smoothness, weight_norms,
 )
 from theoryscope.core.seeding import generator
-from theoryscope.core.train import FamilyResult
+from theoryscope.core.train import FamilyResult, StackedData
 from theoryscope.sweeps.figures import Figure, Rows, distinct, label, pyplot
-from theoryscope.sweeps.measures.base import Measure
-from theoryscope.sweeps.records import nullable
+from theoryscope.sweeps.measures.base import Grid, Measure
 
 
 class Samples(Choice):
@@ -43,38 +46,78 @@ class CushionSpec:
 
     # Which data the measures are computed on; the paper's S is the training set.
     samples: Samples = Samples.TRAIN
-    # At most this many samples (the first ones of that set).
-    max_samples: int = 256
+    # At most this many samples (the first ones of that set); 0 = all of them, the
+    # paper's S (max ||f(x)|| and gamma always use the whole training set).
+    max_samples: int = 0
     # Percentiles of the per-sample cushions stored beside their minimum (the paper's mu).
     percentiles: tuple[float, ...] = (10.0, 50.0)
     # Steps at which to measure as well as after training, to watch cushions evolve.
     steps: tuple[int, ...] = ()
-    # Helper matrices per layer for Matrix-Project; 0 skips evaluating a compressed net.
-    compression_k: int = 256
-    # Interlayer smoothness: perturbation size relative to ||x^i||, draws per sample, and
-    # the delta of rho_delta.
+    # Matrix-Project helpers: [] = per layer from compression_error; one integer for every
+    # layer (0 = no compressed net); or a list of one per layer (0 keeps that layer).
+    compression_k: int | tuple[int, ...] = ()
+    # Target RMS relative error of each layer's output, used when compression_k is [].
+    compression_error: float = 0.1
+    # Most helpers a layer gets from the target (each costs fan_in * fan_out sign draws);
+    # a layer that needs more is kept as it is.
+    compression_max_k: int = 4096
+    # Interlayer smoothness: perturbation size relative to ||x^i||, noise draws (each one
+    # event over all samples and layers; at least 1/delta for the quantile to mean much),
+    # and the delta of rho_delta.
     noise_scale: float = 0.1
-    draws: int = 8
+    draws: int = 32
     delta: float = 0.1
+    # Noise attenuation (the paper's Figure 1): noise of this norm relative to ||x^i||.
+    attenuation_noise: float = 0.1
     # Margin gamma of the bound: this percentile of the training margins (classification).
     margin_percentile: float = 10.0
     # Seed of the perturbations and of the Matrix-Project helpers.
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(self.max_samples >= 1, "max_samples", "an integer >= 1", self.max_samples)
+        require(self.max_samples >= 0, "max_samples", "an integer >= 0 (0 = every sample)", self.max_samples)
         require(all(is_finite(p) and 0 <= p <= 100 for p in self.percentiles), "percentiles",
                  "a list of numbers in [0, 100]", list(self.percentiles))
         require(all(s >= 0 for s in self.steps), "steps", "a list of integers >= 0", list(self.steps))
-        require(self.compression_k >= 0, "compression_k", "an integer >= 0 (0 = no compression)",
-                 self.compression_k)
-        require(is_finite(self.noise_scale) and self.noise_scale > 0, "noise_scale", "a number > 0",
-                 self.noise_scale)
+        k = self.compression_k
+        require(k >= 0 if isinstance(k, int) else all(c >= 0 for c in k), "compression_k",
+                 "an integer >= 0 (0 = no compressed net), a list of one integer >= 0 per layer, or [] "
+                 "(k per layer from compression_error)", list(k) if isinstance(k, tuple) else k)
+        require(is_finite(self.compression_error) and self.compression_error > 0, "compression_error",
+                 "a number > 0", self.compression_error)
+        require(self.compression_max_k >= 1, "compression_max_k", "an integer >= 1", self.compression_max_k)
+        for name in ("noise_scale", "attenuation_noise"):
+            require(is_finite(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0",
+                     getattr(self, name))
         require(self.draws >= 1, "draws", "an integer >= 1", self.draws)
         require(is_finite(self.delta) and 0 < self.delta < 1, "delta", "a number in (0, 1)", self.delta)
         require(is_finite(self.margin_percentile) and 0 < self.margin_percentile < 100,
                  "margin_percentile", "a number in (0, 100)", self.margin_percentile)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+    def compression(self, depth: int) -> CompressionPlan | None:
+        """The Matrix-Project plan for a net of ``depth`` layers; None: no compressed net."""
+        k = self.compression_k
+        if k == 0:
+            return None
+        if isinstance(k, tuple) and k and len(k) != depth:
+            raise SpecError(f"measure.cushions.compression_k: expected {depth} integers (one per layer of a "
+                            f"depth-{depth} net), got {list(k)!r}")
+        given = (k,) * depth if isinstance(k, int) else k or None
+        return CompressionPlan(given, self.compression_error, self.compression_max_k, self.seed)
+
+
+def check_compression(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
+    """A list of one k per layer needs every net to have that many layers: every swept
+    depth, or the base run's depth when depth is not swept."""
+    k = opts.compression_k
+    swept = dict(grid).get("model.depth")
+    depths = swept or (base.model.depth,)
+    if isinstance(k, tuple) and k and any(d != len(k) for d in depths):
+        where = f"[grid] sweeps depth over {list(depths)}" if swept else f"model.depth is {base.model.depth}"
+        raise SpecError(f"measure.cushions.compression_k: a list of {len(k)} integers (one per layer) needs "
+                        f"every net to have depth {len(k)}, but {where}; give one integer for every layer, [] "
+                        f"(k from compression_error), or a list as long as the depth")
 
 
 # One row per run, measured step and layer (Arora, Ge, Neyshabur & Zhang 2018). The
@@ -92,11 +135,17 @@ LAYERS = pa.schema([
     ("interlayer_cushion", pa.float64()),     # mu_{i->} = min(1/sqrt(h^i), min_j mu_{i,j})
     ("interlayer_cushion_mean", pa.float64()),
     ("activation_contraction", pa.float64()),  # max_x ||x^i|| / ||phi(x^i)||; null for the last layer
-    ("interlayer_smoothness", pa.float64()),  # rho_delta; null for the last layer
-    ("noise_attenuation", pa.float64()),      # output perturbation from noise of norm ||x^i|| at layer i
+    ("interlayer_smoothness", pa.float64()),  # rho_delta of layer i alone (all samples per draw); null last
+    ("interlayer_smoothness_pooled", pa.float64()),  # delta-quantile over samples x draws pooled; null last
+    ("noise_attenuation", pa.float64()),      # output change from noise attenuation_noise ||x^i|| at layer i
     ("frobenius_norm", pa.float64()),
     ("spectral_norm", pa.float64()),
     ("stable_rank", pa.float64()),
+    ("compression_k", pa.int64()),            # Matrix-Project helpers; null where the layer is kept
+    ("compression_k_needed", pa.float64()),   # helpers the target error needs (null with a given k)
+    ("compressed", pa.bool_()),               # whether Matrix-Project replaced the layer
+    ("compression_expected_error", pa.float64()),  # closed-form RMS relative error of the layer's output
+    ("compression_layer_error", pa.float64()),  # measured, with only this layer compressed
 ])
 
 
@@ -112,8 +161,8 @@ def percentile_column(name: str, q: float) -> str:
     return f"{name}_p{q:g}".replace(".", "_")
 
 
-# One row per run and measured step: the compression bound of Theorem 4.1 and how a net
-# compressed by Matrix-Project does.
+# One row per run and measured step: the compression bound of Theorem 4.1, its premises
+# and how a net compressed by Matrix-Project does.
 BOUNDS = pa.schema([
     ("sweep", pa.string()),
     ("run_id", pa.string()),
@@ -125,12 +174,20 @@ BOUNDS = pa.schema([
     ("max_output_norm", pa.float64()),        # max over the training set of ||f(x)||
     ("effective_params", pa.float64()),       # q of Theorem 4.1
     ("params", pa.int64()),                   # weights of the uncompressed net
-    ("bound", pa.float64()),                  # margin_loss + sqrt(q / n_train), log factors dropped
+    ("bound", pa.float64()),                  # bound_formula where every premise holds, else null
+    ("bound_formula", pa.float64()),          # margin_loss + sqrt(q / n_train), log factors dropped
+    ("interlayer_smoothness", pa.float64()),  # rho_delta of Definition 4.4, one per net
+    ("premise_smoothness", pa.bool_()),       # rho_delta >= 3 depth
+    ("premise_margin", pa.bool_()),           # gamma > 0 (false for regression)
+    ("premise_cushions", pa.bool_()),         # every mu_i and mu_{i->} positive and finite
+    ("premise", pa.bool_()),                  # all of them: Theorem 4.1 applies
     ("train_error", pa.float64()),
     ("test_error", pa.float64()),
     ("gen_gap", pa.float64()),
-    ("compression_k", pa.int64()),            # Matrix-Project helpers per layer
-    ("compressed_params", pa.int64()),        # k per layer
+    ("compression_k", pa.int64()),            # most Matrix-Project helpers of a layer
+    ("compressed_params", pa.int64()),        # sum of k_i (fan_in * fan_out for a layer kept)
+    ("compressed_layers", pa.int64()),        # layers Matrix-Project replaced
+    ("compression_target", pa.float64()),     # the per-layer target error (null with a given k)
     ("compression_error", pa.float64()),      # median ||f_hat(x) - f(x)|| / ||f(x)||
     ("compressed_train_error", pa.float64()),
     ("compressed_test_error", pa.float64()),
@@ -138,56 +195,108 @@ BOUNDS = pa.schema([
     ("compressed_margin_loss", pa.float64()),
 ])
 
+# One row per run, measured step and pair of layers i < j (the paper's Figure 1): noise
+# injected at layer i, measured at layer j.
+ATTENUATION = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),
+    ("layer", pa.int64()),                    # i, where the noise is injected (1..L-1)
+    ("at_layer", pa.int64()),                 # j, where it is measured (i < j <= L)
+    ("noise", pa.float64()),                  # ||eta|| / ||x^i||
+    ("attenuation", pa.float64()),            # median over samples of ||M^{i,j}(x^i + eta) - x^j|| / ||x^j||
+])
+
+# Infinite smoothness is a finding (the map is linear along every perturbation, or there
+# is no pair i < j), not a failure: kept as +inf, where other columns store NULL.
+KEEPS_INFINITY = frozenset({"interlayer_smoothness", "interlayer_smoothness_pooled"})
+
+
+def cell(value, kind: pa.DataType, name: str):
+    """A table cell from a host number: NULL for NaN (and for infinities, but in the
+    smoothness columns); integers and booleans as such."""
+    if value is None or isinstance(value, str):
+        return value
+    if pa.types.is_boolean(kind):
+        return bool(value)
+    number = float(value)
+    if math.isnan(number) or (math.isinf(number) and name not in KEEPS_INFINITY):
+        return None
+    return int(number) if pa.types.is_integer(kind) else number
+
+
+def measured_samples(opts: CushionSpec, data: StackedData) -> torch.Tensor:
+    """The samples S the cushions are measured on: the chosen set, all of it or its first
+    ``max_samples``."""
+    x = data.x_train if opts.samples is Samples.TRAIN else data.x_test
+    return x[:, :opts.max_samples] if opts.max_samples else x
+
+
+def measure_step(opts: CushionSpec, params: models.Params, data: StackedData, x: torch.Tensor, nonlinear: bool,
+                 n_train: int, step: int) -> tuple[dict, dict, np.ndarray]:
+    """One measured step of a family: ``(layers columns [F, L], bounds columns [F],
+    attenuation [F, L-1, L])``; the last layer's hidden-layer columns are NaN."""
+    w, b = params.weights, params.biases
+    per_sample = {"layer_cushion": layer_cushion(w, b, x, nonlinear),  # [F, L, n]
+                  "interlayer_cushion": min_interlayer_cushion(w, b, x, nonlinear)}
+    contraction = activation_contraction(w, b, x, nonlinear)  # [F, L-1]
+    ratios = interlayer_smoothness(w, b, x, opts.noise_scale, opts.draws, generator(opts.seed, "smoothness", step),
+                                   nonlinear)
+    attenuation = noise_attenuation(w, b, x, generator(opts.seed, "attenuation", step), nonlinear,
+                                    opts.attenuation_noise)  # [F, L-1, L]
+    bounds = bound_quantities(params, per_sample, contraction, net_smoothness(ratios, opts.delta), data, nonlinear,
+                              n_train, opts.margin_percentile)
+    hidden = {"activation_contraction": contraction, "interlayer_smoothness": layer_smoothness(ratios, opts.delta),
+              "interlayer_smoothness_pooled": pooled_smoothness(ratios, opts.delta),
+              "noise_attenuation": attenuation[..., -1]}
+    layers = {name: np.pad(host(v), ((0, 0), (0, 1)), constant_values=math.nan) for name, v in hidden.items()}
+    for name, values in per_sample.items():
+        layers[name] = host(values.amin(dim=-1))
+        layers[f"{name}_mean"] = host(values.mean(dim=-1))
+        for q in opts.percentiles:
+            layers[percentile_column(name, q)] = host(torch.quantile(values, q / 100, dim=-1))
+    norms = weight_norms(w)
+    layers |= {"frobenius_norm": host(norms["frobenius"]), "spectral_norm": host(norms["spectral"]),
+               "stable_rank": host(norms["stable_rank"])}
+    plan = opts.compression(len(w))
+    if plan is not None:
+        net, per_layer = compressed_quantities(params, data, nonlinear, x, plan, bounds["margin"])
+        bounds |= net
+        layers |= per_layer
+    return layers, bounds, host(attenuation)
+
 
 def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
-                 result: FamilyResult) -> dict[str, pa.Table]:
-    """``layers`` and ``bounds`` rows of Arora, Ge, Neyshabur & Zhang (2018) for every
-    member at every measured step."""
+                   result: FamilyResult) -> dict[str, pa.Table]:
+    """``layers``, ``bounds`` and ``attenuation`` rows of Arora, Ge, Neyshabur & Zhang
+    (2018) for every member at every measured step."""
     data = result.data
     nonlinear = models.is_nonlinear(runs[0].model.kind)
-    x = (data.x_train if opts.samples is Samples.TRAIN else data.x_test)[:, :opts.max_samples]
-    n_train = runs[0].data.n_train
-    layer_rows, bound_rows = [], []
+    x = measured_samples(opts, data)
+    schemas = {"layers": layers_schema(opts.percentiles), "bounds": BOUNDS, "attenuation": ATTENUATION}
+    rows: dict[str, list[dict]] = {name: [] for name in schemas}
     for step in sorted(result.snapshots):
         params = result.snapshots[step]
-        w, b = params.weights, params.biases
-        depth = len(w)
         with torch.no_grad():
-            per_sample = {
-                "layer_cushion": layer_cushion(w, b, x, nonlinear),  # [F, L, n]
-                "interlayer_cushion": min_interlayer_cushion(w, b, x, nonlinear),
-            }
-            contraction = activation_contraction(w, b, x, nonlinear)  # [F, L-1]
-            rho = smoothness_quantile(interlayer_smoothness(
-                w, b, x, opts.noise_scale, opts.draws, generator(opts.seed, "smoothness", step), nonlinear), opts.delta)
-            attenuation = noise_attenuation(w, b, x, generator(opts.seed, "attenuation", step), nonlinear)[..., -1]
-            norms = weight_norms(w)
-            bound = bound_quantities(params, per_sample, contraction, data, nonlinear, n_train, x,
-                                     opts.compression_k, opts.margin_percentile, opts.seed)
-        columns = {}
-        for name, values in per_sample.items():
-            columns[name] = host(values.amin(dim=-1))
-            columns[f"{name}_mean"] = host(values.mean(dim=-1))
-            for q in opts.percentiles:
-                columns[percentile_column(name, q)] = host(torch.quantile(values, q / 100, dim=-1))
-        hidden = {"activation_contraction": host(contraction), "interlayer_smoothness": host(rho),
-                  "noise_attenuation": host(attenuation)}
-        norm_columns = {"frobenius_norm": host(norms["frobenius"]), "spectral_norm": host(norms["spectral"]),
-                        "stable_rank": host(norms["stable_rank"])}
+            layers, bounds, attenuation = measure_step(opts, params, data, x, nonlinear, runs[0].data.n_train, step)
+        shapes = [(int(w.shape[-1]), int(w.shape[-2])) for w in params.weights]
         for f, run in enumerate(runs):
-            for layer in range(1, depth + 1):
-                row = {"sweep": sweep, "run_id": run.run_id, "step": step, "layer": layer,
-                       "fan_in": w[layer - 1].shape[-1], "fan_out": w[layer - 1].shape[-2]}
-                row |= {k: nullable(v[f, layer - 1]) for k, v in columns.items()}
-                row |= {k: nullable(v[f, layer - 1]) if layer < depth else None for k, v in hidden.items()}
-                row |= {k: nullable(v[f, layer - 1]) for k, v in norm_columns.items()}
-                layer_rows.append(row)
-            bound_rows.append({"sweep": sweep, "run_id": run.run_id, "step": step, "samples": x.shape[1],
-                               **{k: (nullable(v[f]) if isinstance(v, np.ndarray) else v) for k, v in bound.items()}})
-    return {
-        "layers": pa.Table.from_pylist(layer_rows, schema=layers_schema(opts.percentiles)),
-        "bounds": pa.Table.from_pylist(bound_rows, schema=BOUNDS),
-    }
+            key = {"sweep": sweep, "run_id": run.run_id, "step": step}
+            for layer, (fan_in, fan_out) in enumerate(shapes, start=1):
+                row = key | {"layer": layer, "fan_in": fan_in, "fan_out": fan_out}
+                rows["layers"].append(row | {name: v[f, layer - 1] for name, v in layers.items()})
+            rows["bounds"].append(key | {"samples": x.shape[1]} | {
+                name: v[f] if isinstance(v, np.ndarray) else v for name, v in bounds.items()})
+            rows["attenuation"] += [key | {"layer": i, "at_layer": j, "noise": opts.attenuation_noise,
+                                           "attenuation": attenuation[f, i - 1, j - 1]}
+                                    for i in range(1, len(shapes)) for j in range(i + 1, len(shapes) + 1)]
+    return {name: table(rows[name], schema) for name, schema in schemas.items()}
+
+
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows of host values as a table of ``schema`` (``cell`` per value; missing: NULL)."""
+    return pa.Table.from_pylist([{f.name: cell(row.get(f.name), f.type, f.name) for f in schema} for row in rows],
+                                schema=schema)
 
 
 def snapshot_steps(opts: CushionSpec, run: RunSpec) -> set[int]:
@@ -229,10 +338,29 @@ def draw_effective_params(rows: Rows, _: str):
     return fig
 
 
+def draw_attenuation(rows: Rows, _: str):
+    """The paper's Figure 1: relative error at every later layer of noise injected at layer i
+    (mean over runs after training), one line per injected layer."""
+    if not rows:
+        return None
+    fig, ax = pyplot().subplots(figsize=(5, 3.8), layout="constrained")
+    for layer in distinct(rows, "layer"):
+        points = sorted((r["at_layer"], r["attenuation"]) for r in rows if r["layer"] == layer)
+        ax.plot([layer] + [p[0] for p in points], [rows[0]["noise"]] + [p[1] for p in points], marker="o",
+                label=f"injected at layer {layer}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(1, max(r["at_layer"] for r in rows) + 1))
+    ax.set_xlabel("layer j")
+    ax.set_ylabel("relative error at layer j")
+    ax.legend()
+    return fig
+
+
 MEASURE = Measure(
     name="cushions",
     options=CushionSpec,
-    tables={"layers": LAYERS, "bounds": BOUNDS},
+    check=check_compression,
+    tables={"layers": LAYERS, "bounds": BOUNDS, "attenuation": ATTENUATION},
     snapshot_steps=snapshot_steps,
     rows=cushion_tables,
     figures=(
@@ -241,6 +369,12 @@ MEASURE = Measure(
                "WHERE l.sweep = {sweep} AND l.step = r.steps", draw_cushions,
                "Distribution over runs of the layer cushion μ_i (Arora et al. 2018) after training, per layer and "
                "label noise."),
+        Figure("attenuation", "Attenuation of injected noise",
+               "SELECT a.layer, a.at_layer, any_value(a.noise) AS noise, avg(a.attenuation) AS attenuation "
+               "FROM attenuation a JOIN runs r USING (sweep, run_id) WHERE a.sweep = {sweep} AND a.step = r.steps "
+               "GROUP BY ALL", draw_attenuation,
+               "Noise of relative size `attenuation_noise` injected at layer i, its relative error at every later "
+               "layer j (Arora et al. 2018, Figure 1), mean over runs after training."),
         Figure("effective-params", "Effective parameters against the generalization gap",
                "SELECT b.effective_params AS q, b.gen_gap AS gap, r.label_noise FROM bounds b "
                "JOIN runs r USING (sweep, run_id) WHERE b.sweep = {sweep} AND b.step = r.steps", draw_effective_params,
