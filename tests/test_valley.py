@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from helpers import ENDS, F64, embedded, ring
-from theoryscope.core.measures.valley import bezier_barrier, equal_arc_length, linear_barrier, string_barrier
+from theoryscope.core.measures.valley import (
+    barrier_change, bezier_barrier, equal_arc_length, linear_barrier, relative_barrier, string_barrier,
+)
 
 
 def double_well(th: torch.Tensor) -> torch.Tensor:
@@ -197,3 +199,70 @@ def test_bad_arguments_are_refused():
         string_barrier(ring, *ENDS, beads=0)
     with pytest.raises(ValueError, match="seed"):
         string_barrier(ring, torch.zeros(2, 2), torch.ones(2, 2), seed=[1, 2, 3])
+
+
+def lifted_ring(th: torch.Tensor) -> torch.Tensor:
+    """The ring raised by 1/2: both ends have loss 1/2, so relative barriers are finite."""
+    return ring(th) + 0.5
+
+
+def bent_start_barrier(loss, beads: int, bend: float, refine: int) -> float:
+    """Reference loop: the barrier of the string before relaxation, beads at
+    (-1 + 2t, +-bend sin(pi t)) on the segment from (-1, 0) to (1, 0), read at ``refine``
+    points per segment (the sign of the bend does not matter on a symmetric loss)."""
+    t = [k / (beads + 1) for k in range(beads + 2)]
+    chain = [torch.tensor([-1 + 2 * s, bend * math.sin(math.pi * s)], dtype=F64) for s in t]
+    values = []
+    for start, end in zip(chain[:-1], chain[1:]):
+        values += [float(loss(start + (r / refine) * (end - start))) for r in range(refine)]
+    values.append(float(loss(chain[-1])))
+    return max(values) - max(values[0], values[-1])
+
+
+def test_relative_barrier_is_the_barrier_over_the_worse_end():
+    """Freeman & Bruna's level set at alpha L0: barrier / max(L_a, L_b, floor)."""
+    assert float(relative_barrier(0.3, 2.0, 1.5)) == pytest.approx(0.15)
+    assert float(relative_barrier(0.3, 2.0, 1.5, floor=3.0)) == pytest.approx(0.1)
+    got = relative_barrier(torch.tensor([0.2, 0.0, 1e-9]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.5, 0.0, 0.0]))
+    assert got.tolist() == [pytest.approx(0.2), 0.0, math.inf]  # 0 / 0 = 0: a flat path between exact fits
+
+
+def test_a_memorising_pair_is_judged_against_the_floor():
+    # Both ends fit exactly (the ring's minima); the string's barrier is the chords' rise.
+    found = string_barrier(ring, *ENDS, beads=8, steps=100, lr=0.05)
+    barrier, _ = inscribed(8)
+    assert found["loss_a"] == found["loss_b"] == 0.0 and found["barrier"] == pytest.approx(barrier, rel=1e-6)
+    assert float(relative_barrier(found["barrier"], 0.0, 0.0)) == math.inf
+    assert float(relative_barrier(found["barrier"], 0.0, 0.0, floor=0.01)) == pytest.approx(barrier / 0.01, rel=1e-6)
+
+
+def test_history_records_the_barrier_through_the_relaxation():
+    found = string_barrier(lifted_ring, *ENDS, beads=8, steps=200, lr=0.05, perturbation=0.05)
+    assert found["history_steps"] == tuple(range(0, 201, 20))
+    history = found["history"]
+    assert history.shape == (11,)
+    assert float(history[0]) == pytest.approx(bent_start_barrier(lifted_ring, 8, 0.1, 8), rel=1e-12)
+    assert float(history[-1]) == found["barrier"]
+    assert string_barrier(lifted_ring, *ENDS, beads=2, steps=4, lr=0.05)["history_steps"] == (0, 1, 2, 3, 4)
+    bez = bezier_barrier(lifted_ring, *ENDS, steps=30, lr=0.05)
+    assert bez["history_steps"] == (0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30)
+    assert float(bez["history"][-1]) == bez["barrier"]
+
+
+def test_barrier_change_is_near_zero_once_the_string_has_settled():
+    """On the lifted ring the minimum-energy path is the unit circle and the string's
+    barrier converges to the chords' rise, inscribed(beads): the change over the last
+    tenth of the steps vanishes there and is large when the relaxation stops early."""
+    barrier, _ = inscribed(8)
+    settled = string_barrier(lifted_ring, *ENDS, beads=8, steps=200, lr=0.05)
+    assert settled["barrier"] == pytest.approx(barrier, rel=1e-6)
+    change = float(barrier_change(settled["history"], settled["loss_a"], settled["loss_b"]))
+    assert abs(change) < 1e-9
+    early = string_barrier(lifted_ring, *ENDS, beads=8, steps=10, lr=0.05)
+    change = float(barrier_change(early["history"], early["loss_a"], early["loss_b"]))
+    h = early["history"]
+    assert change == pytest.approx(float(h[-2] - h[-1]) / 0.5, rel=1e-12)  # the formula, ends at 1/2
+    assert change > 0.1 and early["barrier"] > 100 * barrier
+    # A convex bowl between two points of one level: the straight string is already flat.
+    bowl = string_barrier(lambda th: (th ** 2).sum(-1), *ENDS, beads=4, steps=20, lr=0.05)
+    assert bowl["barrier"] == 0.0 and float(barrier_change(bowl["history"], 1.0, 1.0)) == 0.0

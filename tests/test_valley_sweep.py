@@ -55,7 +55,13 @@ def test_one_row_per_pair_of_seeds(measured):
         assert r["status"] == "ok" and r["method"] == "string" and r["beads"] == 4
         assert r["barrier"] == pytest.approx(r["max_loss"] - max(r["loss_a"], r["loss_b"]))
         assert r["normalized_length"] >= 1.0
-        assert r["connected"] == (r["barrier"] / r["loss_scale"] <= r["tolerance"])
+        # Freeman & Bruna's level set at (1 + tolerance) x the worse end's loss, floored.
+        ends = max(r["loss_a"], r["loss_b"], r["end_loss_floor"] * r["loss_scale"])
+        assert r["end_loss_floor"] == 1e-3 and r["tolerance"] == 0.05
+        assert r["relative_barrier"] == pytest.approx(r["barrier"] / ends, rel=1e-12)
+        assert r["barrier_over_scale"] == pytest.approx(r["barrier"] / r["loss_scale"], rel=1e-12)
+        assert r["connected"] == (r["relative_barrier"] <= r["tolerance"])
+        assert r["converged"] == (abs(r["barrier_change"]) <= r["change_tolerance"])
         assert r["max_test_loss"] is not None and r["max_test_error"] is None  # regression
 
 
@@ -68,10 +74,16 @@ def test_stacked_pairs_equal_pairs_measured_in_smaller_families(measured):
             assert row[column] == pytest.approx(alone[key][column], rel=1e-9, abs=1e-12)
 
 
-def test_the_sweep_relaxes_the_loss_its_nets_were_trained_on(tmp_path):
+# The half-sum objective relaxes (n_train / 2 = 24) x the mean loss the rows report, at a
+# rate scaled down to match.
+HALF_SUM = '"train.objective" = ["half-sum"]\n"train.lr" = [0.008]'
+
+
+@pytest.mark.parametrize("scale, extra", [(1.0, ""), (24.0, HALF_SUM)], ids=["mean", "half-sum"])
+def test_the_sweep_relaxes_the_loss_its_nets_were_trained_on(tmp_path, scale, extra):
     """Oracle: a hand-written MLP loss on the run's own data, relaxed pair by pair."""
     results = tmp_path / "results"
-    sweep = spec("oracle", extra="", options='pairs = "seed", beads = 3, steps = 25')
+    sweep = spec("oracle", extra=extra, options='pairs = "seed", beads = 3, steps = 25')
     run(results, sweep)
     plan = plan_sweep(sweep)
     runs = {r.run_id: r for r in plan.runs}
@@ -100,11 +112,19 @@ def test_the_sweep_relaxes_the_loss_its_nets_were_trained_on(tmp_path):
                 h = torch.relu(h)
         return ((h - data.y_train) ** 2).mean()
 
-    found = string_barrier(mlp_loss, weights_of(a_run), weights_of(b_run), beads=3, steps=25, lr=a_run.train.lr,
-                           seed=derive_seed(0, a_run.run_id, b_run.run_id), refine=8)
-    assert row["barrier"] == pytest.approx(found["barrier"], rel=1e-7, abs=1e-12)
+    # The objective the runs minimized, at each point [P, M, D] one by one.
+    every_point = torch.vmap(torch.vmap(lambda theta: scale * mlp_loss(theta)))
+    found = string_barrier(every_point, weights_of(a_run), weights_of(b_run), beads=3, steps=25, lr=a_run.train.lr,
+                           seed=derive_seed(0, a_run.run_id, b_run.run_id), refine=8, batched=True)
+    assert row["barrier"] == pytest.approx(found["barrier"] / scale, rel=1e-7, abs=1e-12)
     assert row["normalized_length"] == pytest.approx(found["normalized_length"], rel=1e-7)
     assert row["loss_a"] == pytest.approx(float(mlp_loss(weights_of(a_run))), rel=1e-9)
+    # The relative numbers from their formulas: over max(end losses, 1e-3 x mean y^2).
+    ends = max(float(found["loss_a"]), float(found["loss_b"]), 1e-3 * scale * float((data.y_train ** 2).mean()))
+    assert row["relative_barrier"] == pytest.approx(found["barrier"] / ends, rel=1e-7, abs=1e-12)
+    history = found["history"]
+    assert row["barrier_change"] == pytest.approx(float(history[-2] - history[-1]) / ends, rel=1e-6, abs=1e-10)
+    assert abs(row["barrier_change"]) > 1e-6  # 25 steps: the string still moves
 
 
 def test_classification_pairs_report_test_error_and_ln_c_scale(tmp_path):
@@ -121,11 +141,15 @@ def test_classification_pairs_report_test_error_and_ln_c_scale(tmp_path):
 
 def test_linear_method_is_the_straight_line(tmp_path):
     results = tmp_path / "results"
-    run(results, spec("lin", options='pairs = "seed", method = "linear"'))
+    # A floor above every end loss: the barrier is judged against floor x loss_scale.
+    run(results, spec("lin", options='pairs = "seed", method = "linear", end_loss_floor = 100.0'))
     for r in rows(results, "lin"):
         assert r["barrier"] == pytest.approx(r["linear_barrier"], rel=1e-12, abs=1e-15)
         assert r["normalized_length"] == pytest.approx(1.0)
         assert r["steps"] == 0 and r["lr"] is None
+        assert r["barrier_change"] is None and r["converged"] is None  # nothing relaxed
+        assert r["relative_barrier"] == pytest.approx(r["barrier"] / (100 * r["loss_scale"]), rel=1e-12)
+        assert r["connected"] == (r["barrier"] <= 0.05 * 100 * r["loss_scale"])
 
 
 def test_pairs_over_init_scale_stay_in_one_family_when_families_are_small():
@@ -152,12 +176,25 @@ def test_a_pair_with_a_diverged_end_gets_a_row_without_numbers(tmp_path):
             assert r["status"] == "ok" and r["barrier"] is not None
 
 
+def test_a_string_that_blows_up_keeps_its_last_path_and_no_convergence_verdict(tmp_path):
+    results = tmp_path / "results"
+    # Deep linear nets (no ReLU to die): a step of 1e12 overflows the loss within a few steps.
+    run(results, spec("blow", options='pairs = "seed", beads = 2, steps = 8, lr = 1e12',
+                      extra='"model.kind" = ["linear"]'))
+    for r in rows(results, "blow"):
+        assert r["status"] == "relaxation-stopped" and r["stopped_step"] >= 1
+        assert r["barrier"] is not None and r["connected"] is not None and r["converged"] is None
+
+
 @pytest.mark.parametrize("options, extra, message", [
     ('pairs = "seed"', "", None),
     ('pairs = "depth"', "", 'measure.valleys.pairs: expected "seed" | "init_scale"'),
     ('pairs = "init_scale"', "", "measure.valleys.pairs: model.init_scale must be swept in [grid] over at least two"),
     ('method = "neb"', "", 'measure.valleys.method: expected one of "string" | "bezier" | "linear"'),
     ("beads = 0", "", "measure.valleys.beads: expected an integer >= 1"),
+    ("tolerance = -0.1", "", "measure.valleys.tolerance: expected a number >= 0"),
+    ("end_loss_floor = -1e-3", "", "measure.valleys.end_loss_floor: expected a number >= 0"),
+    ('change_tolerance = "small"', "", "measure.valleys.change_tolerance"),
 ])
 def test_bad_valley_options_are_one_line_errors(options, extra, message):
     if message is None:

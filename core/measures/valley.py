@@ -21,6 +21,13 @@ Each estimator below returns the barrier along one path, so an upper bound on it
   control point c is trained on the loss at t ~ U[0, 1] (Garipov et al., "Loss surfaces,
   mode connectivity, and fast ensembling of DNNs", NeurIPS 2018).
 
+Two numbers judge a found path (``relative_barrier``, ``barrier_change``). Freeman &
+Bruna's Dynamic String Sampling (Section 4, Figure 2) connects two models of loss about
+L0 when a string between them stays below alpha L0, so the barrier is read relative to
+the worse end: B / max(L(theta_a), L(theta_b)). And a relaxed string is only as good as
+its relaxation: the barrier is recorded through it (``history``), and its fall over the
+last stretch says whether more steps would have lowered it.
+
 The string and the control point start on the segment, bent by a small random
 displacement perpendicular to it (``perturbation`` x ||theta_b - theta_a|| at the
 middle). On a segment through a symmetric stationary point, such as the top of a bump
@@ -36,6 +43,7 @@ maps one flat parameter vector to a scalar tensor; with ``batched=True`` it maps
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -67,7 +75,7 @@ def linear_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, points: 
 def string_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, beads: int = 8, *,
                    steps: int = 500, lr: float | Tensor = 0.01, optimizer: str | Optimizer = "gd",
                    hyper: Hyper | None = None, perturbation: float = 0.05, seed: int | Sequence[int] = 0,
-                   refine: int = 8, restarts: int = 1, batched: bool = False) -> dict:
+                   refine: int = 8, restarts: int = 1, history: int = 10, batched: bool = False) -> dict:
     """Relax a string of ``beads`` interior beads between the two ends for ``steps`` steps
     and measure the loss along it.
 
@@ -85,9 +93,12 @@ def string_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, beads: i
     straight line); ``beads``; ``loss_a``, ``loss_b``, ``max_loss``; ``t`` and
     ``losses``, the loss along the path at arc-length fractions t; ``stopped_step``, the
     step at which a pair stopped because a bead's loss was no longer finite (its last
-    finite string is kept), or -1.
+    finite string is kept), or -1; ``history``, the barrier (read as ``barrier`` is) of
+    the string after each of ``history_steps``, ``history + 1`` evenly spaced steps from
+    0 to ``steps`` (fewer when ``steps < history``), whose last entry is ``barrier``.
+    ``barrier_change`` turns it into a convergence diagnostic.
     """
-    _check_positive(beads=beads, steps=steps, refine=refine, restarts=restarts)
+    _check_positive(beads=beads, steps=steps, refine=refine, restarts=restarts, history=history)
     a, b, single = _pairs(theta_a, theta_b)
     loss = _batch_loss(loss_fn, batched, restarts)
     seeds = _seeds(seed, a.shape[0])
@@ -101,25 +112,31 @@ def string_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, beads: i
     def respace(interior: Tensor) -> Tensor:
         return equal_arc_length(_chain(a, interior, b))[:, 1:-1]
 
-    interior, stopped = _descend(loss, start, steps, hyper, Optimizer(optimizer), after_step=respace)
+    def barrier_now(interior: Tensor) -> Tensor:
+        return _path_barrier(loss, _chain(a, interior, b), refine)
+
+    record_at = history_steps(steps, history)
+    interior, stopped, trace = _descend(loss, start, steps, hyper, Optimizer(optimizer), after_step=respace,
+                                        record=barrier_now, record_at=record_at)
     out = _measure_path(loss, _chain(a, interior, b), refine)
-    out = _best_of(out | {"stopped_step": stopped}, restarts) | {"beads": beads}
+    out = _best_of(out | {"stopped_step": stopped, "history": trace}, restarts)
+    out |= {"beads": beads, "history_steps": record_at}
     return _single(out) if single else out
 
 
 def bezier_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, *, steps: int = 500,
                    samples: int = 8, lr: float | Tensor = 0.01, optimizer: str | Optimizer = "gd",
                    hyper: Hyper | None = None, perturbation: float = 0.05, seed: int | Sequence[int] = 0,
-                   points: int = 65, restarts: int = 1, batched: bool = False) -> dict:
+                   points: int = 65, restarts: int = 1, history: int = 10, batched: bool = False) -> dict:
     """Train the control point of a quadratic Bezier curve between the ends for ``steps``
     steps, each on the mean loss at ``samples`` values of t (stratified draws from U[0, 1]),
     and measure the loss at ``points`` evenly spaced values of t.
 
-    ``restarts`` works as in ``string_barrier``. Returns the keys of ``string_barrier``;
-    ``path`` is the curve at those ``points``, ``beads`` is 1 (the control point), ``t`` is
-    the curve parameter.
+    ``restarts`` and ``history`` work as in ``string_barrier``. Returns the keys of
+    ``string_barrier``; ``path`` is the curve at those ``points``, ``beads`` is 1 (the
+    control point), ``t`` is the curve parameter.
     """
-    _check_positive(steps=steps, samples=samples, restarts=restarts)
+    _check_positive(steps=steps, samples=samples, restarts=restarts, history=history)
     if points < 3:
         raise ValueError(f"points: expected an integer >= 3, got {points}")
     a, b, single = _pairs(theta_a, theta_b)
@@ -139,10 +156,17 @@ def bezier_barrier(loss_fn: Callable, theta_a: Tensor, theta_b: Tensor, *, steps
         t = (strata + jitter[:, k]) / samples  # [P, samples], one draw in each stratum
         return loss(bezier(a, c.squeeze(1), b, t)).mean(dim=1, keepdim=True)
 
-    control, stopped = _descend(sampled_loss, control.unsqueeze(1), steps, hyper, Optimizer(optimizer))
     t = torch.linspace(0, 1, points, dtype=a.dtype, device=a.device).expand(a.shape[0], -1)
+
+    def barrier_now(c: Tensor) -> Tensor:
+        return _path_barrier(loss, bezier(a, c.squeeze(1), b, t), refine=1)
+
+    record_at = history_steps(steps, history)
+    control, stopped, trace = _descend(sampled_loss, control.unsqueeze(1), steps, hyper, Optimizer(optimizer),
+                                       record=barrier_now, record_at=record_at)
     out = _measure_path(loss, bezier(a, control.squeeze(1), b, t), refine=1)
-    out = _best_of(out | {"t": t, "stopped_step": stopped}, restarts) | {"beads": 1}
+    out = _best_of(out | {"t": t, "stopped_step": stopped, "history": trace}, restarts)
+    out |= {"beads": 1, "history_steps": record_at}
     return _single(out) if single else out
 
 
@@ -157,6 +181,45 @@ def bezier(a: Tensor, c: Tensor, b: Tensor, t: Tensor) -> Tensor:
     point c (each ``[P, D]``) at parameters t ``[P, M]``."""
     t = t.unsqueeze(-1)
     return (1 - t) ** 2 * a.unsqueeze(1) + 2 * t * (1 - t) * c.unsqueeze(1) + t**2 * b.unsqueeze(1)
+
+
+def history_steps(steps: int, history: int) -> tuple[int, ...]:
+    """The relaxation steps at which the barrier is recorded: ``history + 1`` evenly
+    spaced steps from 0 to ``steps`` (floor of k steps / history), without repeats."""
+    return tuple(sorted({k * steps // history for k in range(history + 1)}))
+
+
+def end_loss(loss_a: Tensor | float, loss_b: Tensor | float, floor: Tensor | float = 0.0) -> Tensor:
+    """max(L(theta_a), L(theta_b), floor): the loss the barrier is measured against."""
+    loss_a, loss_b, floor = _tensors(loss_a, loss_b, floor)
+    return torch.maximum(torch.maximum(loss_a, loss_b), floor)
+
+
+def relative_barrier(barrier: Tensor | float, loss_a: Tensor | float, loss_b: Tensor | float,
+                     floor: Tensor | float = 0.0) -> Tensor:
+    """barrier / max(L(theta_a), L(theta_b), floor).
+
+    Freeman & Bruna (ICLR 2017, Section 4, Dynamic String Sampling) call two models of
+    loss L0 connected when a string between them stays below alpha L0: the path lies in
+    the sublevel set at (1 + r) max(L(theta_a), L(theta_b)) exactly when its relative
+    barrier is at most r. Ends that fit their data (end losses near 0) would make any
+    numerical wiggle of the path an unbounded ratio; ``floor`` is the smallest loss the
+    barrier is compared with. A zero denominator gives 0 for a zero barrier, else inf.
+    """
+    return _ratio(*_tensors(barrier, end_loss(loss_a, loss_b, floor)))
+
+
+def barrier_change(history: Tensor, loss_a: Tensor | float, loss_b: Tensor | float,
+                   floor: Tensor | float = 0.0) -> Tensor:
+    """How much the barrier fell over the last stretch of the relaxation, relative as
+    ``relative_barrier`` is: (history[..., -2] - history[..., -1]) / max(L_a, L_b, floor).
+
+    ``history`` is the recorded barrier (``string_barrier``'s key of that name), so the
+    stretch is the last 1/history of the steps. Near 0 the string has settled on a local
+    minimum-energy path (a stationary point of the string method, E, Ren &
+    Vanden-Eijnden 2007); a large positive value says more steps would lower the barrier.
+    """
+    return _ratio(*_tensors(history[..., -2] - history[..., -1], end_loss(loss_a, loss_b, floor)))
 
 
 def polyline(path: Tensor, refine: int) -> tuple[Tensor, Tensor]:
@@ -195,6 +258,12 @@ def equal_arc_length(chain: Tensor) -> Tensor:
     return out
 
 
+def _path_barrier(loss: BatchLoss, path: Tensor, refine: int) -> Tensor:
+    points, _ = polyline(path, refine)
+    with torch.no_grad():
+        return _barrier(loss(points))
+
+
 def _measure_path(loss: BatchLoss, path: Tensor, refine: int) -> dict:
     points, t = polyline(path, refine)
     with torch.no_grad():
@@ -205,16 +274,21 @@ def _measure_path(loss: BatchLoss, path: Tensor, refine: int) -> dict:
 
 
 def _descend(objective: Callable[[Tensor], Tensor], start: Tensor, steps: int, hyper: Hyper,
-             kind: Optimizer, after_step: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+             kind: Optimizer, after_step: Callable[[Tensor], Tensor] | None = None,
+             record: Callable[[Tensor], Tensor] | None = None,
+             record_at: Sequence[int] = ()) -> tuple[Tensor, Tensor, Tensor]:
     """Minimize each pair's summed ``objective`` over its points ``[P, K, D]`` by a stacked
     optimizer (one member per point). A pair whose objective stops being finite gets back
-    its last finite points and stays there; returns the points and the stopping steps."""
+    its last finite points and stays there. ``record(points) -> [P]`` is read after each
+    of the ``record_at`` steps (step s: after s updates). Returns the points, the stopping
+    steps and the records ``[P, len(record_at)]``."""
     p, k, d = start.shape
     points = start.detach().reshape(p * k, d).clone()
     optimizer = StackedOptimizer(kind, hyper, [points])
     active = torch.ones(p, dtype=torch.bool, device=start.device)
     stopped = torch.full((p,), -1, dtype=torch.long, device=start.device)
     last_good = points.clone()
+    records: list[Tensor] = []
     for step in range(steps + 1):
         points.requires_grad_(step < steps)
         with torch.set_grad_enabled(step < steps):
@@ -228,6 +302,8 @@ def _descend(objective: Callable[[Tensor], Tensor], start: Tensor, steps: int, h
         with torch.no_grad():
             points.copy_(torch.where(bad.repeat_interleave(k).unsqueeze(1), last_good, points))
             last_good.copy_(points)
+            if record is not None and step in record_at:
+                records.append(record(points.view(p, k, d)))
         if grad is None:
             break
         moving = active.repeat_interleave(k)  # per point: whether its pair still relaxes
@@ -236,7 +312,23 @@ def _descend(objective: Callable[[Tensor], Tensor], start: Tensor, steps: int, h
             with torch.no_grad():
                 moved = after_step(points.view(p, k, d)).reshape(p * k, d)
                 points.copy_(torch.where(moving.unsqueeze(1), moved, points))
-    return points.detach().view(p, k, d), stopped
+    history = torch.stack(records, dim=1) if records else start.new_zeros(p, 0)
+    return points.detach().view(p, k, d), stopped, history
+
+
+def _tensors(*values: Tensor | float) -> list[Tensor]:
+    """Numbers and tensors as tensors of one dtype (Python numbers count as float64) on
+    the device of the first that is not a scalar."""
+    tensors = [v if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float64) for v in values]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+    device = next((t.device for t in tensors if t.dim() > 0), tensors[0].device)
+    return [t.to(dtype=dtype, device=device) for t in tensors]
+
+
+def _ratio(value: Tensor, scale: Tensor) -> Tensor:
+    """value / scale where scale > 0; where it is 0: 0 for a zero value, else +-inf."""
+    safe = value / torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.where(scale > 0, safe, torch.where(value == 0, torch.zeros_like(value), value.sign() * math.inf))
 
 
 def _hyper(hyper: Hyper | None, lr: float | Tensor, like: Tensor) -> Hyper:

@@ -7,7 +7,11 @@ into one family (``pair_key``). All pairs of a family are relaxed together as on
 problem: each bead (or Bezier control point) is one more member of a stacked net, with
 its pair's data and its runs' optimizer settings (``core.measures.landscape``). The loss
 along the path is the training loss the nets were trained on (the mean loss, as in
-``runs``), read with the test loss and error at the same points.
+``runs``), read with the test loss and error at the same points. A pair is connected
+when its barrier is at most ``tolerance`` x the worse end's loss (floored), Freeman &
+Bruna's level set at alpha L0; the barrier's fall over the last tenth of the relaxation
+says whether the path had settled (``core.measures.valley.relative_barrier``,
+``barrier_change``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from theoryscope.core import models
 from theoryscope.core.config import Choice, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
 from theoryscope.core.measures.landscape import PairLandscape
-from theoryscope.core.measures.valley import bezier_barrier, linear_barrier, polyline, segment, string_barrier
+from theoryscope.core.measures.valley import (
+    barrier_change, bezier_barrier, linear_barrier, polyline, relative_barrier, segment, string_barrier,
+)
 from theoryscope.core.seeding import derive_seed
 from theoryscope.core.train import FamilyResult, member_hyper, objective_scale
 from theoryscope.sweeps.figures import Figure, Rows, distinct, pyplot
@@ -42,6 +48,10 @@ class PathMethod(Choice):
     BEZIER = "bezier"
     LINEAR = "linear"
 
+
+# The barrier is recorded at HISTORY + 1 evenly spaced steps of the relaxation, so
+# barrier_change is its fall over the last 1/HISTORY (a tenth) of the steps.
+HISTORY = 10
 
 # Fields two runs of a valley pair may differ in: they change neither the loss (the data)
 # nor the shapes, so both ends are minima of one landscape trained in one family.
@@ -71,8 +81,16 @@ class ValleySpec:
     restarts: int = 1
     # Loss evaluations per segment between beads (the Bezier curve gets the same total).
     refine: int = 8
-    # A pair is connected when barrier <= tolerance x the loss of the zero predictor.
+    # A pair is connected when relative_barrier = barrier / max(loss_a, loss_b, floor) is at
+    # most this: the path stays below (1 + tolerance) x the worse end's loss (Freeman &
+    # Bruna's level set at alpha L0, alpha = 1 + tolerance).
     tolerance: float = 0.05
+    # The smallest end loss a barrier is compared with, as a fraction of the zero
+    # predictor's loss: ends that fit their data to ~0 loss are judged against this.
+    end_loss_floor: float = 1e-3
+    # The string (or Bezier curve) counts as converged when its relative barrier fell by
+    # at most this over the last tenth of the relaxation steps.
+    change_tolerance: float = 0.01
     # Seed of the bends and of the Bezier t samples.
     seed: int = 0
 
@@ -86,7 +104,9 @@ class ValleySpec:
         require(is_finite(self.lr) and self.lr >= 0, "lr", "a number >= 0 (0 = the runs' own lr)", self.lr)
         require(is_finite(self.perturbation) and self.perturbation >= 0, "perturbation", "a number >= 0",
                  self.perturbation)
-        require(is_finite(self.tolerance) and self.tolerance >= 0, "tolerance", "a number >= 0", self.tolerance)
+        for name in ("tolerance", "end_loss_floor", "change_tolerance"):
+            value = getattr(self, name)
+            require(is_finite(value) and value >= 0, name, "a number >= 0", value)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
 
@@ -100,7 +120,7 @@ VALLEYS = pa.schema([
     ("barrier", pa.float64()),                # max training loss on the path - max(loss_a, loss_b)
     ("normalized_length", pa.float64()),      # path length / ||theta_b - theta_a||; 1 = straight
     ("beads", pa.int64()),                    # trained points: string beads, 1 (Bezier), 0 (linear)
-    ("connected", pa.bool_()),                # barrier_relative <= tolerance
+    ("connected", pa.bool_()),                # relative_barrier <= tolerance
     ("status", pa.string()),                  # ok | relaxation-stopped | end-diverged
     ("pairs", pa.string()),                   # the field the two runs differ in
     ("value_a", pa.string()),                 # its values (JSON)
@@ -110,7 +130,10 @@ VALLEYS = pa.schema([
     ("max_loss", pa.float64()),               # highest training loss on the path
     ("linear_barrier", pa.float64()),         # the straight segment's barrier, for comparison
     ("loss_scale", pa.float64()),             # training loss of the zero predictor
-    ("barrier_relative", pa.float64()),       # barrier / loss_scale
+    ("relative_barrier", pa.float64()),       # barrier / max(loss_a, loss_b, end_loss_floor x loss_scale)
+    ("barrier_over_scale", pa.float64()),     # barrier / loss_scale
+    ("barrier_change", pa.float64()),         # fall of relative_barrier over the last 10% of the steps
+    ("converged", pa.bool_()),                # |barrier_change| <= change_tolerance; null: linear, stopped
     ("max_test_loss", pa.float64()),          # highest test loss on the path
     ("max_test_error", pa.float64()),         # highest test 0-1 error on the path (classification)
     ("steps", pa.int64()),                    # relaxation steps (0 for linear)
@@ -119,12 +142,14 @@ VALLEYS = pa.schema([
     ("restarts", pa.int64()),
     ("refine", pa.int64()),                   # loss evaluations per segment between beads
     ("tolerance", pa.float64()),
+    ("end_loss_floor", pa.float64()),
+    ("change_tolerance", pa.float64()),
     ("stopped_step", pa.int64()),             # relaxation stopped on a non-finite loss; null if not
     ("wall_seconds", pa.float64()),           # the whole family's valley measurement
 ])
 
 
-def check_pairs(opts: ValleySpec, grid: Grid) -> None:
+def check_pairs(opts: ValleySpec, grid: Grid, _: RunSpec) -> None:
     """Valley pairs need the paired field swept over at least two values."""
     swept = dict(grid).get(opts.pairs, ())
     if len(swept) < 2:
@@ -195,8 +220,23 @@ def _pair_rows(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], result: Fa
             for i, j in all_pairs if diverged[i] or diverged[j]]
     if not pairs:
         return rows
-    first = runs[0]
-    device = result.data.x_train.device
+    host, stopped = _measure_pairs(opts, runs, result, pairs)
+    for k, (i, j) in enumerate(pairs):
+        row = _row(opts, sweep, runs, i, j) | {name: nullable(v[k]) for name, v in host.items()}
+        relative, change = host["relative_barrier"][k], host["barrier_change"][k]
+        settled = math.isfinite(change) and stopped[k] < 0  # a stopped string froze: no verdict
+        row |= {"connected": bool(relative <= opts.tolerance) if not math.isnan(relative) else None,
+                "converged": bool(abs(change) <= opts.change_tolerance) if settled else None,
+                "stopped_step": int(stopped[k]) if stopped[k] >= 0 else None,
+                "status": "ok" if stopped[k] < 0 else "relaxation-stopped"}
+        rows.append(row)
+    return rows
+
+
+def _measure_pairs(opts: ValleySpec, runs: Sequence[RunSpec], result: FamilyResult,
+                   pairs: list[tuple[int, int]]) -> tuple[dict[str, Any], Any]:
+    """Every pair's numbers as host arrays, and the steps at which relaxations stopped."""
+    first, device = runs[0], result.data.x_train.device
     ends_a = torch.tensor([i for i, _ in pairs], device=device)
     ends_b = torch.tensor([j for _, j in pairs], device=device)
     scale = 1.0 if result.data.classification else objective_scale(first.train.objective, result.data.y_train)
@@ -204,51 +244,49 @@ def _pair_rows(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], result: Fa
     theta = land.flatten(result.params)
     a, b = theta[ends_a], theta[ends_b]
     points = (opts.beads + 1) * opts.refine + 1
-    path, refine, stopped = _path(opts, land, a, b, pairs, runs, points)
+    path, refine, stopped, history = _path(opts, land, a, b, pairs, runs, points)
     along, _ = polyline(path, refine)
     train_loss, _ = land.evaluate(along, train=True)
     test_loss, test_error = land.evaluate(along, train=False)
-    straight = linear_barrier(land.train_loss, a, b, points=points, batched=True)
-    end_loss = torch.maximum(train_loss[:, 0], train_loss[:, -1])
-    barrier = train_loss.amax(dim=1) - end_loss
+    loss_a, loss_b = train_loss[:, 0], train_loss[:, -1]
+    barrier = train_loss.amax(dim=1) - torch.maximum(loss_a, loss_b)
     scale_zero = land.zero_predictor_loss()
-    relative = barrier / scale_zero
-    length = (path[:, 1:] - path[:, :-1]).norm(dim=-1).sum(dim=1) / (b - a).norm(dim=1)
-    host = {k: v.detach().double().cpu().numpy() for k, v in {
-        "barrier": barrier, "normalized_length": length, "loss_a": train_loss[:, 0], "loss_b": train_loss[:, -1],
-        "max_loss": train_loss.amax(dim=1), "linear_barrier": straight, "loss_scale": scale_zero,
-        "barrier_relative": relative, "max_test_loss": test_loss.amax(dim=1),
-        "max_test_error": test_error.amax(dim=1) if test_error is not None else torch.full_like(barrier, math.nan),
-    }.items()}
-    stopped = stopped.cpu().numpy()
-    for k, (i, j) in enumerate(pairs):
-        row = _row(opts, sweep, runs, i, j) | {name: nullable(v[k]) for name, v in host.items()}
-        rel = host["barrier_relative"][k]
-        row |= {"connected": bool(rel <= opts.tolerance) if math.isfinite(rel) else None,
-                "stopped_step": int(stopped[k]) if stopped[k] >= 0 else None,
-                "status": "ok" if stopped[k] < 0 else "relaxation-stopped"}
-        rows.append(row)
-    return rows
+    floor = opts.end_loss_floor * scale_zero
+    nothing = torch.full_like(barrier, math.nan)
+    numbers = {
+        "barrier": barrier, "normalized_length": path.diff(dim=1).norm(dim=-1).sum(dim=1) / (b - a).norm(dim=1),
+        "loss_a": loss_a, "loss_b": loss_b, "max_loss": train_loss.amax(dim=1),
+        "linear_barrier": linear_barrier(land.train_loss, a, b, points=points, batched=True),
+        "loss_scale": scale_zero, "relative_barrier": relative_barrier(barrier, loss_a, loss_b, floor),
+        "barrier_over_scale": barrier / scale_zero,
+        # The relaxation's records are of the objective, land.objective_scale x the mean loss.
+        "barrier_change": nothing if history is None else
+        barrier_change(history / land.objective_scale, loss_a, loss_b, floor),
+        "max_test_loss": test_loss.amax(dim=1),
+        "max_test_error": nothing if test_error is None else test_error.amax(dim=1),
+    }
+    return {k: v.detach().double().cpu().numpy() for k, v in numbers.items()}, stopped.cpu().numpy()
 
 
 def _path(opts: ValleySpec, land: PairLandscape, a: torch.Tensor, b: torch.Tensor, pairs: list[tuple[int, int]],
-          runs: Sequence[RunSpec], points: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """The relaxed path ``[P, K, D]`` of every pair, its refinement for evaluation and the
-    steps at which pairs stopped (-1: never)."""
+          runs: Sequence[RunSpec], points: int) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]:
+    """The relaxed path ``[P, K, D]`` of every pair, its refinement for evaluation, the
+    steps at which pairs stopped (-1: never) and the barrier recorded over the relaxation
+    (``[P, R]``, in the objective's units; None for the straight line)."""
     never = torch.full((a.shape[0],), -1, dtype=torch.long)
     if opts.method is PathMethod.LINEAR:
-        return segment(a, b, points), 1, never
+        return segment(a, b, points), 1, never, None
     hyper = member_hyper([runs[i] for i, _ in pairs], a.dtype, a.device)
     if opts.lr > 0:
         hyper = dataclasses.replace(hyper, lr=torch.full_like(hyper.lr, opts.lr))
     common = dict(steps=opts.steps, hyper=hyper, optimizer=runs[0].train.optimizer, perturbation=opts.perturbation,
                   seed=[derive_seed(opts.seed, runs[i].run_id, runs[j].run_id) for i, j in pairs],
-                  restarts=opts.restarts, batched=True)
+                  restarts=opts.restarts, history=HISTORY, batched=True)
     if opts.method is PathMethod.STRING:
         found = string_barrier(land.objective, a, b, beads=opts.beads, refine=opts.refine, **common)
-        return found["path"], opts.refine, found["stopped_step"]
+        return found["path"], opts.refine, found["stopped_step"], found["history"]
     found = bezier_barrier(land.objective, a, b, samples=opts.beads, points=points, **common)
-    return found["path"], 1, found["stopped_step"]
+    return found["path"], 1, found["stopped_step"], found["history"]
 
 
 def _row(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], i: int, j: int) -> dict:
@@ -259,11 +297,12 @@ def _row(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], i: int, j: int) 
             "value_b": json.dumps(paired_value(runs[j], opts.pairs)),
             "steps": 0 if opts.method is PathMethod.LINEAR else opts.steps,
             "lr": None if opts.method is PathMethod.LINEAR else lr, "perturbation": opts.perturbation,
-            "restarts": opts.restarts, "refine": opts.refine, "tolerance": opts.tolerance}
+            "restarts": opts.restarts, "refine": opts.refine, "tolerance": opts.tolerance,
+            "end_loss_floor": opts.end_loss_floor, "change_tolerance": opts.change_tolerance}
 
 
 def draw_valleys(rows: Rows, _: str):
-    """Barrier (found path and straight line) and normalized length against width."""
+    """Relative barrier (found path and straight line) and normalized length against width."""
     rows = [r for r in rows if r["barrier"] is not None]
     if not rows:
         return None
@@ -274,8 +313,8 @@ def draw_valleys(rows: Rows, _: str):
         line, = axes[0].plot(widths, [r["barrier"] for r in mine], marker="o", label=f"depth {depth}")
         axes[0].plot(widths, [r["straight"] for r in mine], ls="--", color=line.get_color(), lw=1)
         axes[1].plot(widths, [r["length"] for r in mine], marker="o", color=line.get_color())
-    axes[0].set_yscale("symlog", linthresh=1e-5)
-    axes[0].set_ylabel("barrier (dashed: straight line)")
+    axes[0].set_yscale("symlog", linthresh=1e-3)
+    axes[0].set_ylabel("barrier / worse end loss (dashed: straight line)")
     axes[1].set_ylabel("normalized path length")
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -293,10 +332,12 @@ MEASURE = Measure(
     rows=valley_tables,
     figures=(
         Figure("valleys", "Barriers and path lengths against width",
-               "SELECT r.depth, r.width, avg(v.barrier) AS barrier, avg(v.linear_barrier) AS straight, "
+               "SELECT r.depth, r.width, avg(v.relative_barrier) AS barrier, "
+               "avg(v.linear_barrier / greatest(v.loss_a, v.loss_b, v.end_loss_floor * v.loss_scale)) AS straight, "
                "avg(v.normalized_length) AS length FROM valleys v JOIN runs r ON r.sweep = v.sweep AND "
                "r.run_id = v.run_a WHERE v.sweep = {sweep} GROUP BY ALL", draw_valleys,
-               "Mean barrier along the relaxed path (solid) and the straight line (dashed) between pairs of "
-               "solutions, and the found path's normalized length, per depth and width."),
+               "Mean barrier over the worse end's loss (relative_barrier) along the relaxed path (solid) and "
+               "the straight line (dashed) between pairs of solutions, and the found path's normalized length, "
+               "per depth and width."),
     ),
 )
