@@ -103,10 +103,7 @@ def member_losses(out: torch.Tensor, y: torch.Tensor, classification: bool) -> t
 
 
 def member_hyper(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> Hyper:
-    def column(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(r.train, name) for r in runs], dtype=dtype, device=device)
-
-    return Hyper(*(column(n) for n in ("lr", "momentum", "weight_decay", "beta1", "beta2", "eps")))
+    return Hyper.of([r.train for r in runs], dtype, device)
 
 
 class BatchOrder:

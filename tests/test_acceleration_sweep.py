@@ -4,6 +4,7 @@ acceleration table and its ratio to depth 1."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -199,3 +200,73 @@ def test_measures_are_refused_outside_experiment_train():
     text = SPEC.format(name="m", overparam="full", steps=10) + "\n[measure]\ncushions = true\n"
     with pytest.raises(SpecError, match='measure.cushions: measures apply to experiment = "train"'):
         parse_spec(text)
+
+
+# AdaGrad and GD at depths 1 and 2 on l_4 regression, each rate refined to 5 %.
+BASELINES = SPEC.format(name="base", overparam="full", steps=150).replace(
+    "target = 1e-5", "target = 1e-2\nlr_tolerance = 0.05").replace('"data.p" = [2, 4]', '"data.p" = [4]') + \
+    '"train.optimizer" = ["gd", "adagrad"]\n'
+
+
+@pytest.fixture(scope="module")
+def baselines(tmp_path_factory):
+    results = tmp_path_factory.mktemp("baselines") / "results"
+    summary = launch(prepare(parse_spec(BASELINES), results), results, LocalBackend())
+    assert summary.total("n_failed") == 0
+    return results
+
+
+def test_every_run_is_compared_with_the_fastest_depth_one_run_of_its_problem(baselines):
+    """Arora et al.'s Section 8 baselines: ratio_vs_best_depth1 is the fastest depth-1 run
+    of the same data, seed, init scale and target, any optimizer, over this run's steps."""
+    rows = table(baselines, "base")
+    assert len(rows) == 4 and len({r["problem_key"] for r in rows}) == 1 and len({r["baseline_key"] for r in rows}) == 2
+    depth1 = {r["optimizer"]: r["steps_to_target"] for r in rows if r["depth"] == 1}
+    fastest = min(depth1, key=lambda o: (depth1[o], o))
+    for r in rows:
+        assert r["reached"] and r["best_depth1_steps"] == depth1[fastest] and r["best_depth1_optimizer"] == fastest
+        assert r["ratio_vs_best_depth1"] == pytest.approx(depth1[fastest] / r["steps_to_target"])
+        assert r["ratio_vs_depth1"] == pytest.approx(depth1[r["optimizer"]] / r["steps_to_target"])
+
+
+def test_refined_rates_are_recorded_beside_the_grid(baselines):
+    """lr_refined holds every rate refinement tried (steps, or null past its round's
+    horizon); the reported rate is the fastest of grid and refinement, resolved to 5 %."""
+    for r in table(baselines, "base"):
+        grid, refined = json.loads(r["lr_steps"]), json.loads(r["lr_refined"])
+        assert r["lr_rounds"] == 2 and r["lrs_tried"] == len(grid) + len(refined) and len(grid) == 8
+        assert r["lr_resolution"] <= 1.05
+        tried = {float(k): v for k, v in {**grid, **refined}.items() if v is not None}
+        assert r["steps_to_target"] == min(tried.values())
+        assert tried[min(tried, key=lambda k: abs(math.log(k / r["lr"])))] == r["steps_to_target"]
+    runs = run_query(baselines, "SELECT optimizer, lr_tolerance, rho, adagrad_eps, adadelta_eps, eps FROM runs "
+                                "WHERE sweep = 'base'").to_pylist()
+    for r in runs:  # each optimizer's settings apply only to it
+        assert r["lr_tolerance"] == 0.05 and r["rho"] is None and r["adadelta_eps"] is None and r["eps"] is None
+        assert r["adagrad_eps"] == (1e-10 if r["optimizer"] == "adagrad" else None)
+
+
+def test_new_training_fields_keep_earlier_run_ids():
+    """At their defaults the new fields are left out of the id; an optimizer's settings
+    do not enter another optimizer's id."""
+    text = SPEC.format(name="ids", overparam="full", steps=10)
+    plain = [r.run_id for r in plan_sweep(parse_spec(text)).runs]
+    explicit = text.replace("target = 1e-5", "target = 1e-5\nlr_tolerance = 0.0\nrho = 0.9\nadagrad_eps = 1e-10")
+    assert [r.run_id for r in plan_sweep(parse_spec(explicit)).runs] == plain
+    assert [r.run_id for r in plan_sweep(parse_spec(text.replace("target = 1e-5", "target = 1e-5\nrho = 0.5"))).runs] \
+        == plain  # rho is AdaDelta's
+    refined = text.replace("target = 1e-5", "target = 1e-5\nlr_tolerance = 0.02")
+    assert not set(r.run_id for r in plan_sweep(parse_spec(refined)).runs) & set(plain)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("lr_tolerance = 2.0", r"train.lr_tolerance: expected 0 \(no refinement\) or a number in \[0.001, 1\], got 2.0"),
+    ('lr_grid = [0.1]\nlr_tolerance = 0.02', r"train.lr_tolerance: expected 0 unless lr_grid has at least 2 rates"),
+    ('optimizer = "adadelta"\nrho = 1.5', r"train.rho: expected a number in \[0, 1\), got 1.5"),
+    ('optimizer = "sgd"', r'train.optimizer: expected "gd" \| "adam" \| "adagrad" \| "adadelta" for experiment'),
+])
+def test_refinement_and_baseline_settings_are_checked(setting, message):
+    text = SPEC.format(name="bad", overparam="full", steps=10).replace("lr_grid = 8\n", "").replace(
+        'optimizer = "gd"\n', "")
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text.replace("target = 1e-5", f"target = 1e-5\n{setting}"))

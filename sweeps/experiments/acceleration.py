@@ -1,10 +1,15 @@
 """Experiment "acceleration" (Arora, Cohen & Hazan 2018): its families train every run at
-every rate of its grid (``core.accelerate``), and write one ``acceleration`` row per run.
+every rate of its grid and refine the best (``core.accelerate``), and write one
+``acceleration`` row per run.
 
-``ratio_vs_depth1`` compares runs of different families (the depth-1 baseline has other
-shapes), so it is not stored: the ``acceleration`` view computes it by joining every run
-to the depth-1 run of the same sweep with the same ``baseline_key``: the same data (p
-and conditioning included), seed, init scale and training settings.
+The ratios compare runs of different families (the depth-1 baselines have other shapes
+or optimizers), so they are not stored: the ``acceleration`` view computes them.
+``ratio_vs_depth1`` joins every run to the depth-1 run of the same sweep with the same
+``baseline_key``: the same data (p and conditioning included), seed, init scale and
+training settings, optimizer included. ``ratio_vs_best_depth1`` joins it to the fastest
+depth-1 run of the same sweep with the same ``problem_key``: the same data, seed, init
+scale, target and loss, whatever its optimizer and rate search (Arora et al.'s Section 8
+compares depth-N GD with AdaGrad and AdaDelta on the depth-1 model).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from theoryscope.core.accelerate import AccelerationResult, train_acceleration
 from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import Experiment, RunSpec
+from theoryscope.core.measures.rate_search import refinement_members
 from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.experiments.base import ExperimentKind
 from theoryscope.sweeps.figures import Figure, Rows, distinct, label, pyplot
@@ -30,7 +36,7 @@ ACCELERATION = pa.schema([
     ("run_id", pa.string()),
     ("p", pa.int64()),
     ("depth", pa.int64()),
-    ("lr", pa.float64()),                     # the fastest stable rate of the grid; null if none
+    ("lr", pa.float64()),                     # the fastest stable rate (grid, refined); null if none
     ("steps_to_target", pa.int64()),          # first step with L - L* <= target (L_0 - L*); null if never
     ("reached", pa.bool_()),
     ("target_loss", pa.float64()),            # L* + target (L_0 - L*)
@@ -45,25 +51,49 @@ ACCELERATION = pa.schema([
     ("optimum_loss", pa.float64()),           # L*, the depth-1 optimum (float64)
     ("initial_loss", pa.float64()),           # L_0, the same at every depth
     ("final_loss", pa.float64()),             # at the reported rate
-    ("lrs_tried", pa.int64()),
-    ("lrs_stable", pa.int64()),
-    ("lr_steps", pa.string()),                # JSON: every rate tried -> its steps_to_target
+    ("lrs_tried", pa.int64()),                # rates of the grid plus rates tried in refinement
+    ("lrs_stable", pa.int64()),               # stable rates of the grid
+    ("lr_steps", pa.string()),                # JSON: every rate of the grid -> its steps_to_target
     ("baseline_key", pa.string()),            # joins a run to its depth-1 baseline
+    ("lr_refined", pa.string()),              # JSON: every rate tried in refinement -> steps (null: not
+                                              #   reached within its round, i.e. no faster than the best)
+    ("lr_rounds", pa.int64()),                # refinement rounds the run took part in
+    ("lr_resolution", pa.float64()),          # max ratio of lr to its nearest tried rates on either side
+    ("lr_at_edge", pa.bool_()),               # the grid's best was its smallest or largest rate
 ])
+
+# What a run shares with every depth-1 run it can be compared with, whatever their
+# optimizers: its experiment, data and seed, the init scale that sets w0, and the training
+# settings that define its loss and its target; the optimizer, its settings, the rate
+# search, the step budget and logging are left out. Read from ``baseline_key`` (the run's
+# config without the model but its init scale), so files written before it have it too.
+PROBLEM = ("experiment", "data", "seed", "model.init_scale", "train.target", "train.dtype", "train.objective",
+           "train.weight_decay")
+PROBLEM_KEY = ("CAST(json_object(" + ", ".join(f"'{k}', json_extract(baseline_key, '$.{k}')" for k in PROBLEM)
+               + ") AS VARCHAR)")
 
 # The view adds columns computed across families; the SQL wraps the files' rows
 # (``stored``): each run's speed-up over the depth-1 run with the same data,
 # seed, init scale and training settings (Arora, Cohen & Hazan 2018's ratio); where the
-# depth-1 run never reached the target, ratio_at_least = train_steps / steps_to_target.
+# depth-1 run never reached the target, ratio_at_least = train_steps / steps_to_target;
+# and its speed-up over the fastest depth-1 run of the same problem (problem_key), any
+# optimizer (the paper's Section 8 baselines), which is named by best_depth1_optimizer
+# (ties: the first optimizer name in alphabetical order).
 ENRICHED = """
-        WITH stored AS ({stored}),
+        WITH stored AS (SELECT *, """ + PROBLEM_KEY + """ AS problem_key
+                        FROM ({stored})),
         baseline AS (SELECT sweep, baseline_key, any_value(steps_to_target) AS depth1_steps
-                     FROM stored WHERE depth = 1 GROUP BY sweep, baseline_key)
+                     FROM stored WHERE depth = 1 GROUP BY sweep, baseline_key),
+        fastest AS (SELECT sweep, problem_key, min(steps_to_target) AS best_depth1_steps,
+                           arg_min(optimizer, (steps_to_target, optimizer)) AS best_depth1_optimizer
+                    FROM stored WHERE depth = 1 AND steps_to_target IS NOT NULL GROUP BY sweep, problem_key)
         SELECT stored.*, CAST(baseline.depth1_steps AS DOUBLE) / stored.steps_to_target AS ratio_vs_depth1,
                baseline.depth1_steps,
                CASE WHEN baseline.baseline_key IS NOT NULL AND baseline.depth1_steps IS NULL AND stored.reached
-                    THEN CAST(stored.train_steps AS DOUBLE) / stored.steps_to_target END AS ratio_at_least
-        FROM stored LEFT JOIN baseline USING (sweep, baseline_key)"""
+                    THEN CAST(stored.train_steps AS DOUBLE) / stored.steps_to_target END AS ratio_at_least,
+               CAST(fastest.best_depth1_steps AS DOUBLE) / stored.steps_to_target AS ratio_vs_best_depth1,
+               fastest.best_depth1_steps, fastest.best_depth1_optimizer
+        FROM stored LEFT JOIN baseline USING (sweep, baseline_key) LEFT JOIN fastest USING (sweep, problem_key)"""
 
 
 def baseline_key(run: RunSpec) -> str:
@@ -74,17 +104,21 @@ def baseline_key(run: RunSpec) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
+def _steps_json(rates, steps) -> str:
+    return json.dumps({f"{lr:.6g}": (int(s) if s >= 0 else None) for lr, s in zip(rates, steps)})
+
+
 def acceleration_table(sweep: str, runs: Sequence[RunSpec], result: AccelerationResult) -> pa.Table:
     """One row per run: its fastest stable rate and the steps it took to the target."""
     rows = []
     for i, run in enumerate(runs):
-        g = int(result.chosen[i])
-        steps = int(result.steps[i, g])
+        steps = int(result.steps_to_target[i])
         optimum, initial = float(result.optimum[i]), float(result.initial_loss[i])
         depth = run.model.depth
+        refined = result.refined[i]
         rows.append({
             "sweep": sweep, "run_id": run.run_id, "p": run.data.p, "depth": depth,
-            "lr": float(result.lrs[i, g]) if result.stable[i, g] else None,
+            "lr": nullable(result.lr[i]),
             "steps_to_target": steps if steps >= 0 else None, "reached": steps >= 0,
             "target_loss": optimum + run.train.target * (initial - optimum),
             "overparam": run.model.overparam.value if depth > 1 else None,
@@ -92,11 +126,11 @@ def acceleration_table(sweep: str, runs: Sequence[RunSpec], result: Acceleration
             "init": run.model.init.value if depth > 1 else None,
             "optimizer": run.train.optimizer.value, "condition": run.data.condition, "seed": run.seed,
             "target": run.train.target, "train_steps": run.train.steps, "optimum_loss": optimum, "initial_loss": initial,
-            "final_loss": nullable(result.final_loss[i, g]),
-            "lrs_tried": int(result.lrs.shape[1]), "lrs_stable": int(result.stable[i].sum()),
-            "lr_steps": json.dumps({f"{lr:.6g}": (int(s) if s >= 0 else None)
-                                    for lr, s in zip(result.lrs[i], result.steps[i])}),
-            "baseline_key": baseline_key(run),
+            "final_loss": nullable(result.final_loss[i]),
+            "lrs_tried": int(result.lrs.shape[1]) + len(refined), "lrs_stable": int(result.stable[i].sum()),
+            "lr_steps": _steps_json(result.lrs[i], result.steps[i]), "baseline_key": baseline_key(run),
+            "lr_refined": _steps_json(refined, refined.values()), "lr_rounds": int(result.rounds[i]),
+            "lr_resolution": nullable(result.resolution[i]), "lr_at_edge": bool(result.at_edge[i]),
         })
     return pa.Table.from_pylist(rows, schema=ACCELERATION)
 
@@ -108,8 +142,10 @@ def train(sweep: str, runs: Sequence[RunSpec], _measure, device: torch.device,
 
 
 def per_step_bytes(run: RunSpec) -> int:
-    """The training loss of each rate tried, at every step (on the device and the host)."""
-    return (run.train.steps + 1) * len(run.train.learning_rates()) * 2 * 8
+    """The training loss of each rate of the grid at every step (on the device and the
+    host), and of a refinement round's rates while the grid's are kept."""
+    rates = len(run.train.learning_rates()) + refinement_members(run.train)
+    return (run.train.steps + 1) * rates * 2 * 8
 
 
 def rates(run: RunSpec) -> tuple:
@@ -118,8 +154,9 @@ def rates(run: RunSpec) -> tuple:
 
 
 def draw_acceleration(rows: Rows, _: str):
-    """Speed-up over depth 1 against depth, one line per p, one panel per conditioning;
-    hollow markers are lower bounds (depth 1 never reached the target)."""
+    """Speed-up over depth 1 against depth, one line per p (and optimizer, when the sweep
+    has several), one panel per conditioning; hollow markers are lower bounds (depth 1
+    never reached the target)."""
     rows = [r for r in rows if r["ratio"] is not None]
     if not rows:
         return None
@@ -127,10 +164,15 @@ def draw_acceleration(rows: Rows, _: str):
     conditions = distinct(rows, "condition") or [None]
     fig, axes = plt.subplots(1, len(conditions), figsize=(4.4 * len(conditions), 3.6), squeeze=False, sharey=True,
                              layout="constrained")
+    optimizers = distinct(rows, "optimizer")
     for ax, condition in zip(axes[0], conditions):
-        for p in distinct(rows, "p"):
-            mine = sorted((r for r in rows if r["condition"] == condition and r["p"] == p), key=lambda r: r["depth"])
-            line, = ax.plot([r["depth"] for r in mine], [r["ratio"] for r in mine], label=f"p = {p}")
+        for p, optimizer in ((p, o) for p in distinct(rows, "p") for o in optimizers):
+            mine = sorted((r for r in rows if r["condition"] == condition and r["p"] == p
+                           and r["optimizer"] == optimizer), key=lambda r: r["depth"])
+            if not mine:
+                continue
+            name = f"p = {p}" + (f", {optimizer}" if len(optimizers) > 1 else "")
+            line, = ax.plot([r["depth"] for r in mine], [r["ratio"] for r in mine], label=name)
             for r in mine:
                 ax.plot(r["depth"], r["ratio"], "o", color=line.get_color(),
                         mfc="none" if r["lower_bound"] else line.get_color())
@@ -150,7 +192,7 @@ KIND = ExperimentKind(
     enriched={"acceleration": ENRICHED},
     figures=(
         Figure("acceleration", "Speed-up from depth",
-               "SELECT condition, p, depth, coalesce(ratio_vs_depth1, ratio_at_least) AS ratio, "
+               "SELECT condition, p, depth, optimizer, coalesce(ratio_vs_depth1, ratio_at_least) AS ratio, "
                "ratio_vs_depth1 IS NULL AS lower_bound FROM acceleration WHERE sweep = {sweep}", draw_acceleration,
                "Steps to the target at depth 1 over steps at each depth (Arora, Cohen & Hazan 2018); hollow "
                "markers are lower bounds, where depth 1 never reached the target."),
