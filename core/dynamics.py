@@ -13,6 +13,9 @@ at every step, for Saxe et al.'s timing of sigmoidal mode learning.
 
 Every run's start comes from ``core.linear_start``; "decoupled" (every target mode at
 strength init_scale, balanced) is Saxe et al.'s small decoupled initial condition.
+
+Mode timing, the theory the measured mode times are held against, is
+``core.measures.modes``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from theoryscope.core.config import DataKind, Objective, RunSpec
 from theoryscope.core.data import linear_modes_target
 from theoryscope.core.linear_start import initial_factors
 from theoryscope.core.measures.acceleration import end_to_end_update, product
+from theoryscope.core.measures.modes import mode_factor_strengths
 from theoryscope.core.train import FamilyResult, FamilyTraining, member_losses, objective_scale
 
 
@@ -39,6 +43,9 @@ class DynamicsResult:
     family: FamilyResult          # curves with rule_deviation, final weights
     strengths: np.ndarray | None  # [steps + 1, F, k] mode strengths (linear-modes data), else None
     time_per_step: np.ndarray     # [F] Saxe's time units (tau = 1) per GD step
+    # [F, N, k] each factor's initial strength on each mode (``mode_factor_strengths``;
+    # linear-modes data), else None
+    factor_strengths: np.ndarray | None = None
 
 
 def time_per_step(run: RunSpec) -> float:
@@ -53,15 +60,17 @@ def time_per_step(run: RunSpec) -> float:
 def train_linear_dynamics(runs: Sequence[RunSpec], device: torch.device) -> DynamicsResult:
     training = FamilyTraining(runs, device)
     depth = runs[0].model.depth
+    starts = [initial_factors(r) for r in runs]
     with torch.no_grad():
-        for tensor, start in zip(training.tensors, zip(*(initial_factors(r) for r in runs))):
+        for tensor, start in zip(training.tensors, zip(*starts)):
             tensor.copy_(torch.stack(start))
     data = training.data
     lr = torch.tensor([r.train.lr for r in runs], dtype=training.dtype, device=device)
     scale = objective_scale(runs[0].train.objective, data.y_train)
-    modes = None
+    modes = factor_strengths = None
     if runs[0].data.kind is DataKind.LINEAR_MODES:
         targets = [linear_modes_target(r.data) for r in runs]
+        factor_strengths = np.stack([mode_factor_strengths(f, v) for f, (_, _, v) in zip(starts, targets)])
         modes = (torch.stack([u for u, _, _ in targets]).to(device=device, dtype=training.dtype),
                  torch.stack([v for _, _, v in targets]).to(device=device, dtype=training.dtype))
         strengths = torch.empty(training.spec_train.steps + 1, len(runs), modes[0].shape[-1],
@@ -96,4 +105,4 @@ def train_linear_dynamics(runs: Sequence[RunSpec], device: torch.device) -> Dyna
         p.requires_grad_(False)
     family = dataclasses.replace(training.result(), rule_deviation=deviation.double().cpu().numpy())
     return DynamicsResult(family, None if modes is None else strengths.double().cpu().numpy(),
-                          np.array([time_per_step(r) for r in runs]))
+                          np.array([time_per_step(r) for r in runs]), factor_strengths)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from theoryscope.core.config import RUN_SECTIONS, Choice, RunSpec, is_hashed
-from theoryscope.core.measures.overtraining import theory_test_loss
+from theoryscope.core.measures.overtraining import theory_optimal_stopping, theory_test_loss, theory_train_loss
 from theoryscope.core.train import FamilyResult
 from theoryscope.storage import schemas
 
@@ -90,19 +90,30 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
         "test_loss": _curve(result.test_loss, frozen),
         "train_error": _curve(result.train_error, frozen),
         "test_error": _curve(result.test_error, frozen),
-        "theory_test_loss": _theory(runs, result.steps),
         "rule_deviation": _curve(result.rule_deviation, frozen),
+        **_theory(runs, result.steps),
     }, schema=schemas.CURVES)
     return pa.Table.from_pylist(rows, schema=schemas.RUNS), curves
 
 
-def _theory(runs: Sequence[RunSpec], steps: np.ndarray) -> pa.Array:
-    """The closed-form test loss where a theory covers the run, member-major; else NULL."""
-    values = []
+def _theory(runs: Sequence[RunSpec], steps: np.ndarray) -> dict[str, pa.Array]:
+    """The closed-form columns of ``curves`` (Advani & Saxe 2017, where their theory covers
+    the run; else NULL), member-major: test and training loss at every step, and the
+    optimal stopping step and test loss repeated on every row of the run."""
+    columns: dict[str, list] = {name: [] for name in (
+        "theory_test_loss", "theory_train_loss", "theory_best_step", "theory_best_test_loss")}
     for run in runs:
-        predicted = theory_test_loss(run, steps)
-        values.extend([None] * len(steps) if predicted is None else predicted.tolist())
-    return pa.array(values, pa.float64())
+        test = theory_test_loss(run, steps)
+        if test is None:
+            for values in columns.values():
+                values.extend([None] * len(steps))
+            continue
+        best_step, best_loss = theory_optimal_stopping(run)
+        columns["theory_test_loss"].extend(test.tolist())
+        columns["theory_train_loss"].extend(theory_train_loss(run, steps).tolist())
+        columns["theory_best_step"].extend([best_step] * len(steps))
+        columns["theory_best_test_loss"].extend([best_loss] * len(steps))
+    return {name: pa.array(values, pa.float64()) for name, values in columns.items()}
 
 
 def nullable(x: float) -> float | None:

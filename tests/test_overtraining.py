@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from theoryscope.core.measures.overtraining import (
-    linear_theory_asymptote, linear_theory_test_error, linear_theory_train_error, summarize, theory_test_loss,
-    variances,
+    linear_student_time, linear_theory_asymptote, linear_theory_optimal_stopping, linear_theory_test_error,
+    linear_theory_test_error_rate, linear_theory_train_error, summarize, theory_optimal_stopping, theory_test_loss,
+    theory_train_loss, variances,
 )
 from theoryscope.core.train import train_family
 from theoryscope.sweeps.dispatch import LocalBackend
@@ -80,6 +81,69 @@ def test_initial_variance_raises_the_frozen_subspace_error_for_alpha_below_one()
     assert gap == pytest.approx((1 - alpha) * v, rel=1e-6)
 
 
+def test_the_error_rate_is_the_derivative_of_the_closed_form():
+    ts = np.array([0.05, 0.7, 3.0, 25.0])
+    for alpha, v in ((0.5, 0.2), (1.0, 0.0), (3.0, 0.0)):
+        h = 1e-5 * ts
+        ahead, behind = linear_theory_test_error(alpha, 2.0, ts + h, v), linear_theory_test_error(alpha, 2.0, ts - h, v)
+        numeric = (ahead - behind) / (2 * h)
+        np.testing.assert_allclose(linear_theory_test_error_rate(alpha, 2.0, ts, v), numeric, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("alpha, snr, init_var", [(0.5, 4.0, 0.0), (1.0, 4.0, 0.0), (2.0, 1.0, 0.2), (4.0, 4.0, 0.0)])
+def test_optimal_stopping_is_the_minimum_of_a_dense_scan(alpha, snr, init_var):
+    """Brute force: E_g on a log grid over eight decades, then a fine grid around its best."""
+    best_time, best = linear_theory_optimal_stopping(alpha, snr, init_var)
+    coarse = np.geomspace(1e-3, 1e5, 1601)
+    i = int(np.argmin(linear_theory_test_error(alpha, snr, coarse, init_var)))
+    fine = np.linspace(coarse[i - 1], coarse[i + 1], 2001)
+    scanned = linear_theory_test_error(alpha, snr, fine, init_var)
+    assert best <= scanned.min() + 1e-13  # no grid point is lower than the continuous optimum
+    assert best_time == pytest.approx(fine[np.argmin(scanned)], abs=2 * (fine[1] - fine[0]))
+    assert best == pytest.approx(linear_theory_test_error(alpha, snr, best_time, init_var), rel=1e-15)
+
+
+def marchenko_pastur_midpoints(alpha, n=200_000):
+    """Plain midpoint rule on the Marchenko-Pastur density sqrt((l+ - l)(l - l-)) / (2 pi l)."""
+    lo, hi = (1 - math.sqrt(alpha)) ** 2, (1 + math.sqrt(alpha)) ** 2
+    lam = lo + (hi - lo) * (np.arange(n) + 0.5) / n
+    return lam, np.sqrt((hi - lam) * (lam - lo)) / (2 * math.pi * lam) * (hi - lo) / n
+
+
+@pytest.mark.parametrize("alpha, snr, init_var", [(0.5, 4.0, 0.0), (1.0, 4.0, 0.0), (2.0, 1.0, 0.2), (4.0, 4.0, 0.0)])
+def test_early_stopping_nearly_reaches_the_best_each_mode_allows(alpha, snr, init_var):
+    """Each mode's error is at least A sigma_eps^2 / (sigma_eps^2 + lambda A) (A = sigma_w^2 +
+    sigma_0^2), its minimum over t, which is also what the best L2 penalty reaches: the
+    stopped error sits just above that sum (0.5-1.7 % here)."""
+    var_w, var_eps = variances(snr)
+    a = var_w + init_var
+    lam, weight = marchenko_pastur_midpoints(alpha)
+    floor = (weight * a * var_eps / (var_eps + lam * a)).sum() + max(0.0, 1 - alpha) * a + var_eps
+    _, best = linear_theory_optimal_stopping(alpha, snr, init_var)
+    assert floor * (1 - 1e-6) <= best <= floor * 1.03
+
+
+def test_optimal_stopping_limits():
+    # no noise: the error falls for ever, stopping never helps
+    for alpha in (0.5, 1.0, 2.0):
+        limit = linear_theory_asymptote(alpha, math.inf, 0.1)
+        assert linear_theory_optimal_stopping(alpha, math.inf, 0.1) == (math.inf, limit)
+        curve = linear_theory_test_error(alpha, math.inf, np.geomspace(0.01, 1e3, 200), 0.1)
+        assert (np.diff(curve) <= 1e-15).all()
+    # little signal: stop at t* -> S = (sigma_w^2 + sigma_0^2) / sigma_eps^2, the first-order root of dE_g/dt
+    for snr in (1e-2, 1e-3):
+        best_time, _ = linear_theory_optimal_stopping(2.0, snr)
+        assert best_time == pytest.approx(snr, rel=3 * snr)
+    # many samples per weight: the gain of stopping early vanishes like 1/alpha, and t* tends to
+    # ln(1 + alpha S) / alpha, the stopping time of the mode lambda = alpha (the bulk's width is 4 sqrt(alpha))
+    var_eps = variances(4.0)[1]
+    for alpha in (100.0, 1000.0):
+        best_time, best = linear_theory_optimal_stopping(alpha, 4.0)
+        late = linear_theory_asymptote(alpha, 4.0)
+        assert 0 < alpha * (late - best) / (late - var_eps) < 0.5
+        assert best_time == pytest.approx(math.log1p(4 * alpha) / alpha, rel=1 / math.sqrt(alpha))
+
+
 SIM_SPEC = """
 name = "sim"
 [data]
@@ -112,6 +176,9 @@ def test_simulated_linear_students_follow_the_theory(alpha):
     assert predicted is not None
     simulated = result.test_loss.mean(axis=1)
     np.testing.assert_allclose(simulated, predicted, rtol=0.05)
+    # the training loss averages only P samples per seed: a looser tolerance than the test loss's
+    np.testing.assert_allclose(result.train_loss.mean(axis=1), theory_train_loss(runs[0], result.steps),
+                               rtol=0.1, atol=2e-3)
 
 
 def test_theory_covers_only_what_it_describes():
@@ -121,11 +188,20 @@ def test_theory_covers_only_what_it_describes():
     for change in (dict(model=dataclasses.replace(run.model, depth=2, width=8)),
                    dict(train=dataclasses.replace(run.train, weight_decay=0.1)),
                    dict(data=dataclasses.replace(run.data, kind=parse_spec('name="x"').data.kind))):
-        assert theory_test_loss(dataclasses.replace(run, **change), steps) is None
+        other = dataclasses.replace(run, **change)
+        assert theory_test_loss(other, steps) is None and theory_train_loss(other, steps) is None
+        assert theory_optimal_stopping(other) is None
+    # the optimum in steps is t* over the time per step; without label noise it never comes
+    best_step, _ = theory_optimal_stopping(run)
+    best_time, _ = linear_theory_optimal_stopping(0.5, 4.0, 0.25 / 200)  # alpha, SNR = 1/0.5^2, sigma_0^2 = 0.5^2/N
+    assert best_step * linear_student_time(run) == pytest.approx(best_time)
+    clean = dataclasses.replace(run, data=dataclasses.replace(run.data, label_noise=0.0))
+    assert theory_optimal_stopping(clean) == (None, linear_theory_asymptote(0.5, math.inf, 0.25 / 200))
     # the mean objective runs 2/P times slower in the paper's time units
     mean = dataclasses.replace(run, train=dataclasses.replace(run.train, objective=parse_spec('name="x"').train.objective,
                                                               lr=run.train.lr * run.data.n_train / 2))
     np.testing.assert_allclose(theory_test_loss(mean, steps), theory_test_loss(run, steps))
+    assert theory_optimal_stopping(mean)[0] == pytest.approx(best_step)  # the same time per step
 
 
 def test_summarize():
@@ -143,13 +219,20 @@ def test_the_overtraining_view_agrees_with_summarize_and_carries_the_theory(tmp_
     spec = parse_spec(SIM_SPEC.format(p=200).replace('"data.seed" = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]',
                                                       '"data.seed" = [0, 1]\nlabel_noise = [0.5, 1.0]'))
     launch(prepare(spec, results), results, LocalBackend())
+    spec_runs = plan_sweep(spec).runs
     view = {r["run_id"]: r for r in run_query(results, "SELECT * FROM overtraining").to_pylist()}
     assert len(view) == 4
     for run_id, row in view.items():
-        curve = run_query(results, f"SELECT step, test_loss, theory_test_loss FROM curves WHERE run_id = '{run_id}' "
+        curve = run_query(results, f"SELECT step, test_loss, theory_test_loss, theory_train_loss FROM curves "
+                                   f"WHERE run_id = '{run_id}' "
                                    "ORDER BY step").to_pylist()
         expected = summarize([c["step"] for c in curve], [c["test_loss"] for c in curve])
         for key, value in expected.items():
             assert row[key] == pytest.approx(value), key
-        assert all(c["theory_test_loss"] is not None for c in curve)
-        assert row["theory_best_step"] is not None
+        assert all(c["theory_test_loss"] is not None and c["theory_train_loss"] is not None for c in curve)
+        run = next(r for r in spec_runs if r.run_id == run_id)
+        best_step, best = theory_optimal_stopping(run)
+        assert row["theory_best_step"] == pytest.approx(best_step)
+        assert row["theory_best_test_loss"] == pytest.approx(best)
+        assert best <= min(c["theory_test_loss"] for c in curve) + 1e-12  # the continuous optimum, not a logged step
+        assert row["theory_overtraining_gap"] == pytest.approx(row["theory_final_test_loss"] - best)

@@ -21,13 +21,24 @@ The training error is
              + sigma_eps^2] d lambda + (1 - 1/alpha)_+ sigma_eps^2.
 
 At t -> infinity E_g tends to sigma_eps^2 alpha / (alpha - 1) for alpha > 1 and
-diverges at alpha = 1 when there is noise. ``theory_test_loss`` evaluates E_g on a run's
-logged steps, for the runs the theory covers (``linear_student_time``).
+diverges at alpha = 1 when there is noise.
+
+The optimal early-stopping time (the paper's question of when to stop) is the
+minimiser t* of the closed form itself over continuous t: each mode's term is a convex
+quadratic in q = e^{-lambda t}, smallest at t_lambda = ln(1 + lambda S) / lambda with
+S = (sigma_w^2 + sigma_0^2) / sigma_eps^2, and t_lambda falls with lambda, so t* lies in
+[t_lambda at l+, t_lambda at l-] (t_0 = S), where dE_g/dt goes from negative to positive
+(``linear_theory_optimal_stopping``). Without noise E_g falls for ever: t* is infinite
+and the infimum is the asymptote. ``theory_test_loss``, ``theory_train_loss`` and
+``theory_optimal_stopping`` evaluate these for the runs the theory covers
+(``linear_student_time``), in the units of a run's curves.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +46,8 @@ from theoryscope.core.config import DataKind, Init, ModelKind, Objective, Optimi
 
 # Quadrature nodes over the Marchenko-Pastur bulk (see _bulk).
 NODES = 4000
+# Relative width in t at which the search for the optimal stopping time stops.
+STOP_RTOL = 1e-12
 
 
 def variances(snr: float) -> tuple[float, float]:
@@ -97,6 +110,48 @@ def linear_theory_asymptote(alpha: float, snr: float, init_var: float = 0.0) -> 
     return var_eps * alpha / (1 - alpha) + (1 - alpha) * (var_w + init_var) + var_eps
 
 
+def linear_theory_test_error_rate(alpha: float, snr: float, t, init_var: float = 0.0):
+    """dE_g/dt = 2 int rho(lambda) e^{-lambda t} [sigma_eps^2 (1 - e^{-lambda t})
+    - lambda (sigma_w^2 + sigma_0^2) e^{-lambda t}] d lambda, the time derivative of
+    ``linear_theory_test_error`` on the same quadrature; ``t`` a number or an array."""
+    _check(alpha, snr, init_var)
+    var_w, var_eps = variances(snr)
+    lam, weight = _bulk(alpha)
+    decay = np.exp(-lam * np.asarray(t, dtype=float)[..., None])
+    rate = 2 * decay * (var_eps * (1 - decay) - lam * (var_w + init_var) * decay)
+    out = (rate * weight).sum(-1)
+    return float(out) if np.ndim(t) == 0 else out
+
+
+def _mode_stopping_time(lam: float, signal_over_noise: float) -> float:
+    """t_lambda = ln(1 + lambda S) / lambda, where one mode's error is smallest (S at lambda = 0)."""
+    return signal_over_noise if lam == 0 else math.log1p(lam * signal_over_noise) / lam
+
+
+@functools.lru_cache(maxsize=4096)  # the members of a sweep share a few (alpha, snr, init_var)
+def linear_theory_optimal_stopping(alpha: float, snr: float, init_var: float = 0.0) -> tuple[float, float]:
+    """(t*, E_g(t*)): the time that minimises ``linear_theory_test_error`` over continuous
+    t >= 0, and the error there. t* is the sign change of dE_g/dt inside the bracket of the
+    module docstring, found by bisection in ln t to a relative width ``STOP_RTOL`` (the
+    derivative changes sign once there in every case the tests scan). Without noise
+    (snr infinite) E_g decreases for ever: t* = inf and the error is the asymptote."""
+    _check(alpha, snr, init_var)
+    var_w, var_eps = variances(snr)
+    if var_eps == 0:
+        return math.inf, linear_theory_asymptote(alpha, snr, init_var)
+    ratio = (var_w + init_var) / var_eps
+    lo = _mode_stopping_time((1 + math.sqrt(alpha)) ** 2, ratio)
+    hi = _mode_stopping_time((1 - math.sqrt(alpha)) ** 2, ratio)
+    while hi > lo * (1 + STOP_RTOL):
+        mid = math.sqrt(lo * hi)
+        if linear_theory_test_error_rate(alpha, snr, mid, init_var) < 0:
+            lo = mid
+        else:
+            hi = mid
+    best = math.sqrt(lo * hi)
+    return best, linear_theory_test_error(alpha, snr, best, init_var)
+
+
 def summarize(steps, test_loss) -> dict:
     """Where a test-loss curve is best and what training on cost: best_step (the earliest
     step with the lowest loss), best_test_loss, final_test_loss (at the last step; NaN if
@@ -130,18 +185,60 @@ def linear_student_time(run: RunSpec) -> float | None:
 
 
 def init_variance(run: RunSpec) -> float:
-    """Variance sigma_0^2 of each initial weight: U(-a, a) has a^2/3, N(0, a^2) has a^2."""
+    """Variance sigma_0^2 of each initial weight: U(-a, a) ("default") has a^2/3; N(0, a^2)
+    has a^2, which is also the depth-1 start of the end-to-end inits of experiment
+    "linear-dynamics" (W0 = init_scale G / sqrt(N), ``core.linear_start``)."""
     scale = run.model.init_scale ** 2 / run.data.input_dim
-    return scale if run.model.init is Init.GAUSSIAN else scale / 3
+    return scale / 3 if run.model.init is Init.DEFAULT else scale
+
+
+@dataclass(frozen=True)
+class LinearStudent:
+    """A covered run in the theory's terms: alpha = P/N, SNR = 1/label_noise^2 (infinite
+    without noise), sigma_0^2, and gradient-flow time per GD step."""
+
+    alpha: float
+    snr: float
+    init_var: float
+    time_per_step: float
+
+
+def linear_student(run: RunSpec) -> LinearStudent | None:
+    """The run as Advani & Saxe's linear student, or None if their theory does not cover it."""
+    per_step = linear_student_time(run)
+    if per_step is None:
+        return None
+    noise = run.data.label_noise
+    return LinearStudent(alpha=run.data.n_train / run.data.input_dim, snr=math.inf if noise == 0 else 1 / noise**2,
+                         init_var=init_variance(run), time_per_step=per_step)
 
 
 def theory_test_loss(run: RunSpec, steps: np.ndarray) -> np.ndarray | None:
     """Advani & Saxe's E_g at every logged step (same units as ``curves.test_loss``: mean
     squared error on noisy test targets), or None if the run is not covered."""
-    per_step = linear_student_time(run)
-    if per_step is None:
+    student = linear_student(run)
+    if student is None:
         return None
-    noise = run.data.label_noise
-    snr = math.inf if noise == 0 else 1 / noise**2
-    alpha = run.data.n_train / run.data.input_dim
-    return np.asarray(linear_theory_test_error(alpha, snr, steps * per_step, init_variance(run)))
+    times = np.asarray(steps) * student.time_per_step
+    return np.asarray(linear_theory_test_error(student.alpha, student.snr, times, student.init_var))
+
+
+def theory_train_loss(run: RunSpec, steps: np.ndarray) -> np.ndarray | None:
+    """Advani & Saxe's E_t at every logged step (same units as ``curves.train_loss``: mean
+    squared error on the run's noisy training targets), or None if the run is not covered."""
+    student = linear_student(run)
+    if student is None:
+        return None
+    times = np.asarray(steps) * student.time_per_step
+    return np.asarray(linear_theory_train_error(student.alpha, student.snr, times, student.init_var))
+
+
+def theory_optimal_stopping(run: RunSpec) -> tuple[float | None, float] | None:
+    """(step*, E_g at it): ``linear_theory_optimal_stopping``'s t* as a (fractional) GD step,
+    t* / time per step, None when t* is infinite (no label noise: the error falls for
+    ever, and the second entry is its limit); None if the run is not covered."""
+    student = linear_student(run)
+    if student is None:
+        return None
+    best_time, best = linear_theory_optimal_stopping(student.alpha, student.snr, student.init_var)
+    return (None if math.isinf(best_time) else best_time / student.time_per_step), best
