@@ -47,6 +47,8 @@ _DUCKDB_TYPES = {
 def _duckdb_type(t: pa.DataType) -> str:
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t):
+        return f"{_duckdb_type(t.value_type)}[]"
     return _DUCKDB_TYPES[t]
 
 

@@ -15,6 +15,7 @@ from theoryscope.sweeps.launch import LaunchSummary
 from theoryscope.sweeps.plan import Plan, estimate_cost
 from theoryscope.sweeps.records import RENAMED, config_columns
 from theoryscope.sweeps.status import SweepStatus
+from theoryscope.sweeps.weights import Kept, plan_weights
 
 SHOWN = 20
 
@@ -75,8 +76,18 @@ def plan_view(plan: Plan) -> RenderableType:
         c = plan.capacity
         tail.append(f"\npacked for this machine's local Ray: {c.slots} families at once, up to "
                     f"{_bytes(c.family_bytes)} each; launch packs for the machines it runs on")
+    tail.append(f"\n{weights_line(plan)}")
     parts.append(tail)
     return Group(*parts)
+
+
+def weights_line(plan: Plan) -> str:
+    """What of the trained nets the sweep keeps ([store] weights) and the space it takes."""
+    decided = plan_weights(plan.spec.store, plan.spec.measure, plan.runs)
+    if decided.kept is Kept.NONE:
+        return (f"weights: not kept ({decided.reason}); the final ones would take ≈ {_bytes(decided.final_bytes)}, "
+                f"with the snapshots ≈ {_bytes(decided.all_bytes)}")
+    return f"weights: {decided.kept.value} kept, ≈ {_bytes(decided.bytes)} ({decided.reason})"
 
 
 def _column_of(target: str) -> str:

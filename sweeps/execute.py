@@ -3,7 +3,7 @@
 ``execute_family`` is what a Ray task runs (and what the in-process backend calls), so
 both backends produce identical tables. How a family trains and which tables it adds is
 its experiment's (``sweeps.experiments``). The family's files are published curves first,
-measure tables next, runs last: a ``runs`` file is the mark that the family is done, and
+measure tables and the kept weights next (``sweeps.weights``), runs last: a ``runs`` file is the mark that the family is done, and
 it records which tables the family published (``storage.parquet.mark_published``), so a
 family with one of them missing or damaged is not done (``published_families``). While
 it trains, the family checkpoints under ``<results>/checkpoints/sweep=<name>/<family_id>.pt``;
@@ -32,6 +32,7 @@ from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.measures import MeasureSpec
 from theoryscope.sweeps.records import RunStatus, failed_family_table, trained_family_tables
 from theoryscope.sweeps.version import code_version
+from theoryscope.sweeps.weights import Kept, kept_steps, write_family_weights
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class FamilyJob:
     results: str  # the results root as --results takes it (a path or a URI)
     num_gpus: float = 0.0
     measure: MeasureSpec = MeasureSpec()
+    weights: Kept = Kept.NONE  # what of the trained nets to keep (``sweeps.weights``)
 
     @property
     def checkpoint_path(self) -> FilePath:
@@ -83,6 +85,9 @@ def execute_family(job: FamilyJob) -> FamilyOutcome:
                                                      code_version(), _now())
     writing = time.perf_counter()
     published = {"curves": curves_table, **measured}
+    steps = kept_steps(job.weights, job.measure, job.runs[0])
+    if steps:  # the file first, then its rows: a row names a complete file
+        published["weights"] = write_family_weights(job.results, job.sweep, job.family_id, job.runs, result, steps)
     for table, rows in published.items():
         write_atomic(rows, table_path(job.results, table, job.sweep, job.family_id))
     runs_path = table_path(job.results, "runs", job.sweep, job.family_id)

@@ -38,6 +38,7 @@ from theoryscope.sweeps.plan import Capacity, OnPlanned, Plan, estimate_cost, fi
 from theoryscope.sweeps.records import RunStatus
 from theoryscope.sweeps.spec import SweepSpec
 from theoryscope.sweeps.tables import TABLES
+from theoryscope.sweeps.weights import drop_unfinished_weights, plan_weights
 
 # Tables a family writes, plus its checkpoints; cleaned before a sweep runs.
 SWEEP_DIRS = (*TABLES, "checkpoints")
@@ -175,6 +176,7 @@ def _drop_unfinished_families(results: ResultsLike, sweep: str) -> None:
             for path in scan(results, table, sweep).complete:
                 if path.name not in done:
                     remove(path)
+    drop_unfinished_weights(results, sweep, {name.removesuffix(".parquet") for name in done})
 
 
 def _catch_up(results: ResultsLike, plan: Plan) -> Plan:
@@ -287,8 +289,9 @@ def _launch(plan: Plan, results: FilePath, backend: Backend,
     summary = LaunchSummary(plan.sweep, results, len(plan.runs), len(plan.runs) - todo, len(plan.families),
                             removed=removed)
     largest_first = sorted(plan.families, key=lambda f: estimate_cost(f).flops, reverse=True)
+    kept = plan_weights(plan.spec.store, plan.spec.measure, plan.runs).kept
     jobs = [FamilyJob(plan.sweep, f.family_id, f.runs, root_text(results), plan.spec.resources.num_gpus,
-                      plan.spec.measure) for f in largest_first]
+                      plan.spec.measure, kept) for f in largest_first]
 
     def finished(outcome: FamilyOutcome) -> None:
         summary.outcomes.append(outcome)

@@ -25,7 +25,7 @@ from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.measures import MeasureSpec, check_measures
 from theoryscope.sweeps.shorthands import SHORTHANDS
-from theoryscope.sweeps.spec import ResourceSpec, SweepSpec
+from theoryscope.sweeps.spec import ResourceSpec, StoreSpec, SweepSpec
 
 SECTIONS: dict[str, type] = {
     "data": DataSpec,
@@ -33,6 +33,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainSpec,
     "measure": MeasureSpec,
     "resources": ResourceSpec,
+    "store": StoreSpec,
 }
 TOP_LEVEL_KEYS = ("name", "experiment", "seed", *SECTIONS, "grid")
 
@@ -83,7 +84,7 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
     except FieldError as exc:
         raise SpecError(str(exc)) from None
     grid = _build_grid(raw.get("grid", {}), spec_wo_grid)
-    check_measures(spec_wo_grid.measure, grid)
+    check_measures(spec_wo_grid.measure, grid, spec_wo_grid.base_run())
     if not EXPERIMENTS[spec_wo_grid.experiment].takes_measures:
         for measure in dataclasses.fields(MeasureSpec):
             if getattr(spec_wo_grid.measure, measure.name) is not None:
@@ -233,4 +234,6 @@ def _reject_unknown(table: dict[str, Any], allowed: typing.Iterable[str], prefix
 def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         return "a list"
+    if isinstance(kind, type) and issubclass(kind, Choice):
+        return f"one of {kind.allowed()}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))

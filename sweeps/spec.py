@@ -1,4 +1,4 @@
-"""The sweep spec: a base run, the grid swept over it, measures and resources.
+"""The sweep spec: a base run, the grid swept over it, measures, resources and what is kept.
 
 The run's own sections (``data``, ``model``, ``train``) are in ``core.config``; this module
 adds what only a sweep has; its ``[measure]`` section is made from the measures'
@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from theoryscope.core.config import DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec, is_finite, require
+from theoryscope.core.config import (
+    Choice, DataSpec, Experiment, ModelSpec, RunSpec, TrainSpec, is_finite, require,
+)
 from theoryscope.sweeps.measures import MeasureSpec
 
 
@@ -43,6 +45,26 @@ class ResourceSpec:
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
 
 
+class KeepWeights(Choice):
+    AUTO = "auto"    # everything while the sweep's weights fit in store.limit_gib, else less
+    FINAL = "final"  # each run's final weights only
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a sweep keeps beside its tables."""
+
+    # The trained nets as safetensors files (`weights` table): true (each run's final
+    # weights and those at the steps its measures snapshot), "final", false, or "auto"
+    # (true while that takes at most limit_gib, else "final" while that fits, else false).
+    weights: bool | KeepWeights = KeepWeights.AUTO
+    # The most "auto" keeps, in GiB.
+    limit_gib: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(is_finite(self.limit_gib) and self.limit_gib >= 0, "limit_gib", "a number >= 0", self.limit_gib)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A whole sweep: a base run, the grid swept over it, measures and resources."""
@@ -58,6 +80,7 @@ class SweepSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
     # Swept fields as (dotted path, values), in spec order; the runs are their product.
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     # The TOML text exactly as written, stored in the `sweeps` table.

@@ -1,6 +1,7 @@
 """Everything a sweep's results hold, gathered once: tables, views and figures.
 
-The spine (``sweeps``, ``runs``, ``curves``; ``storage.schemas``) comes first, then every
+The spine (``sweeps``, ``runs``, ``curves``; ``storage.schemas``) and the index of the
+kept nets (``weights``; ``sweeps.weights``) come first, then every
 measure's tables and views (``sweeps.measures``), then every experiment's
 (``sweeps.experiments``). Storage knows rows, not measures, so the query functions here
 are ``storage.query``'s with these views filled in: what the CLI, the report and
@@ -23,11 +24,13 @@ from theoryscope.storage.schemas import SPINE
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.figures import SPINE_FIGURES, Figure
 from theoryscope.sweeps.measures import MEASURES
+from theoryscope.sweeps.weights import WEIGHTS
 
 _PARTS = (*MEASURES.values(), *EXPERIMENTS.values())
 
 # Every table a sweep may write: name -> the columns of its view while it has no files.
-TABLES: dict[str, pa.Schema] = {**SPINE, **{name: schema for part in _PARTS for name, schema in part.tables.items()}}
+TABLES: dict[str, pa.Schema] = {**SPINE, "weights": WEIGHTS,
+                                 **{name: schema for part in _PARTS for name, schema in part.tables.items()}}
 
 VIEWS = Views(
     tables=TABLES,

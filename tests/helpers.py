@@ -276,6 +276,11 @@ def assert_exactly_once(results: Path, planned: int = 16) -> None:
     assert counts == [{"n": planned, "d": planned, "ok": planned}]
     curves = run_query(results, "SELECT count(DISTINCT run_id) AS d, count(*) AS n FROM curves").to_pylist()
     assert curves == [{"d": planned, "n": planned * 13}]
+    kept = run_query(results, "SELECT count(DISTINCT run_id) AS d, count(*) AS n FROM weights").to_pylist()
+    assert kept == [{"d": planned, "n": planned}]  # the final weights, once each
+    files = {r["file"] for r in run_query(results, "SELECT DISTINCT file FROM weights").to_pylist()}
+    written = (results / "weights" / "sweep=slow").glob("*.safetensors")
+    assert {f"weights/sweep=slow/{p.name}" for p in written} == files  # no file left by a family killed mid-way
 
 
 # ---------------------------------------------------------------------------------------

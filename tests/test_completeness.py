@@ -121,9 +121,9 @@ def test_runs_files_record_the_tables_their_family_published(results):
     spec = launched(results, MEASURED_SPEC)
     family = plan_sweep(spec).families[0]
     metadata = pq.read_schema(table_path(results, "runs", "measured", family.family_id)).metadata
-    assert metadata[PUBLISHED_KEY] == b'["bounds", "curves", "layers"]'
+    assert metadata[PUBLISHED_KEY] == b'["attenuation", "bounds", "curves", "layers", "weights"]'
     assert [(f.owed, f.missing) for f in published_families(results, "measured")] == \
-        [(("bounds", "curves", "layers"), ())] * 2
+        [(("attenuation", "bounds", "curves", "layers", "weights"), ())] * 2
 
 
 def test_a_failed_family_owes_no_other_table(results, fail_families):
@@ -131,7 +131,7 @@ def test_a_failed_family_owes_no_other_table(results, fail_families):
     launch(prepare(parse_spec(SMALL_SPEC), results), results, LocalBackend())
     heal()
     owed = sorted(f.owed for f in published_families(results, "small"))
-    assert owed == [(), ("curves",)]
+    assert owed == [(), ("curves", "weights")]
     assert len(done_runs(results, "small")) == 8 and remaining(results, "small") == 0
 
 
@@ -172,6 +172,9 @@ def test_an_unfinished_family_packed_differently_leaves_no_second_row(results, r
     for name in ("runs", "bounds"):
         one_row_per_run(results, name, 4)
     assert not table_path(results, "curves", "measured", victim.family_id).exists()
+    assert not (results / "weights" / "sweep=measured" / f"{victim.family_id}.safetensors").exists()
+    kept = run_query(results, "SELECT run_id, step, count(*) AS n FROM weights GROUP BY ALL").to_pylist()
+    assert {r["n"] for r in kept} == {1} and len({r["run_id"] for r in kept}) == 4
     ref = reference(MEASURED_SPEC)  # the same points; values may round differently in a smaller family
     for sql in ("SELECT run_id, step FROM curves ORDER BY ALL",
                 "SELECT run_id, step, layer FROM layers ORDER BY ALL"):

@@ -40,8 +40,9 @@ def test_every_table_is_keyed_by_sweep_and_every_figure_reads_known_views(part):
 
 def test_names_are_not_shared_and_every_experiment_has_its_kind():
     tables = [name for part in PARTS for name in part.tables]
-    assert len(tables) == len(set(tables)) and not set(tables) & {"sweeps", "runs", "curves"}
-    assert set(TABLES) == {"sweeps", "runs", "curves", *tables}
+    spine = {"sweeps", "runs", "curves", "weights"}
+    assert len(tables) == len(set(tables)) and not set(tables) & spine
+    assert set(TABLES) == {*spine, *tables}
     assert not [name for name, n in Counter(f.name for f in FIGURES).items() if n > 1]
     assert set(EXPERIMENTS) == set(Experiment)
     assert [f.name for f in dataclasses.fields(MeasureSpec)] == [m.name for m in MEASURES.values() if m.options]

@@ -1,0 +1,202 @@
+"""The trained nets of a sweep, kept for the researcher: safetensors files and the
+``weights`` table.
+
+Each family writes one file, ``<results>/weights/sweep=<name>/<family_id>.safetensors``,
+holding for every kept step its tensors stacked over the family's members:
+``step<S>.weight<i>`` (``[F, out, in]``) and ``step<S>.bias<i>`` (``[F, out]``), layer 1
+first, in the dtype the family trained in. The ``weights`` table has one row per run
+and kept step: the file, the run's ``member`` index in those stacks, the names, shapes
+(of one member) and dtype of its tensors. ``load`` returns a run's net as DESIGN's
+plain tensors; ``init`` rebuilds the net it started from, from its seed.
+
+What is kept is the spec's ``[store] weights``: the final weights of every run and
+those at the steps its measures snapshot (``true``), the final ones only (``"final"``),
+nothing (``false``), or under ``"auto"`` (the default) as much of that as fits in
+``store.limit_gib``, decided from the whole sweep so a resumed sweep decides the same.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from theoryscope.core import models
+from theoryscope.core.config import Experiment, RunSpec
+from theoryscope.core.datasets.table import input_width
+from theoryscope.core.errors import StorageError
+from theoryscope.core.linear_start import initial_factors
+from theoryscope.core.train import DTYPES, FamilyResult
+from theoryscope.storage.location import (
+    ResultsLike, existing_root, list_partitions, read_parquet, remove, results_root, root_text,
+)
+from theoryscope.storage.parquet import partition_dir, scan
+from theoryscope.storage.tensors import NAMES, read_header, read_member, write_tensors
+from theoryscope.sweeps import measures
+from theoryscope.sweeps.spec import KeepWeights, StoreSpec
+
+WEIGHTS = pa.schema([
+    ("sweep", pa.string()),
+    ("run_id", pa.string()),
+    ("step", pa.int64()),                      # train.steps for the final weights
+    ("file", pa.string()),                     # relative to the results root
+    ("member", pa.int64()),                    # the run's index along the stacked first dimension
+    ("tensors", pa.list_(pa.string())),        # weights layer 1..L, then biases
+    ("shapes", pa.list_(pa.list_(pa.int64()))),  # of one member's tensors
+    ("dtype", pa.string()),                    # safetensors' name: F32, F64
+    ("bytes", pa.int64()),                     # the run's tensors at this step
+])
+
+
+class Kept(enum.Enum):
+    """What a sweep keeps, once ``[store] weights`` is decided."""
+
+    ALL = "final and snapshots"
+    FINAL = "final"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """What a sweep keeps and about how much space it takes (bytes of tensors)."""
+
+    kept: Kept
+    bytes: int
+    all_bytes: int
+    final_bytes: int
+    reason: str
+
+
+def kept_steps(kept: Kept, measure: measures.MeasureSpec, run: RunSpec) -> list[int]:
+    """The steps of ``run`` whose weights are kept: the final one (``train.steps``) and,
+    with everything kept, those its measures snapshot."""
+    if kept is Kept.NONE:
+        return []
+    snapshots = measures.snapshot_steps(measure, run) if kept is Kept.ALL else []
+    return sorted({*snapshots, run.train.steps})
+
+
+def net_bytes(run: RunSpec) -> int:
+    """Bytes of one net of ``run``, its weights and biases in the dtype it trains in."""
+    dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
+    params = sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if run.model.bias else 0)
+    return params * torch.empty((), dtype=DTYPES[run.train.dtype]).element_size()
+
+
+def plan_weights(store: StoreSpec, measure: measures.MeasureSpec, runs: Sequence[RunSpec]) -> WeightsPlan:
+    """Decide ``[store] weights`` for a sweep of ``runs`` (all of them, done or not)."""
+    final = sum(net_bytes(r) for r in runs)
+    every = sum(net_bytes(r) * len(kept_steps(Kept.ALL, measure, r)) for r in runs)
+    limit = store.limit_gib * 1024**3
+    if store.weights is True:
+        return WeightsPlan(Kept.ALL, every, every, final, "[store] weights = true")
+    if store.weights is KeepWeights.FINAL:
+        return WeightsPlan(Kept.FINAL, final, every, final, '[store] weights = "final"')
+    if store.weights is False:
+        return WeightsPlan(Kept.NONE, 0, every, final, "[store] weights = false")
+    if every <= limit:
+        return WeightsPlan(Kept.ALL, every, every, final, f"within store.limit_gib = {store.limit_gib:g}")
+    if final <= limit:
+        return WeightsPlan(Kept.FINAL, final, every, final, f"all steps would take more than store.limit_gib = "
+                           f"{store.limit_gib:g}; set [store] weights = true to keep them")
+    return WeightsPlan(Kept.NONE, 0, every, final, f"more than store.limit_gib = {store.limit_gib:g}; set [store] "
+                       'weights = "final" or true to keep them')
+
+
+def weights_file(results: ResultsLike, sweep: str, family_id: str):
+    return partition_dir(results, "weights", sweep) / f"{family_id}.safetensors"
+
+
+def write_family_weights(results: ResultsLike, sweep: str, family_id: str, runs: Sequence[RunSpec],
+                         result: FamilyResult, steps: Sequence[int]) -> pa.Table:
+    """Write a trained family's kept steps to its safetensors file (atomically) and
+    return its ``weights`` rows; nothing is written without steps."""
+    if not steps:
+        return WEIGHTS.empty_table()
+    final = runs[0].train.steps
+    tensors: dict[str, torch.Tensor] = {}
+    for step in steps:
+        params = result.params if step == final else result.snapshots[step]
+        for name, tensor in _named(step, params):
+            tensors[name] = tensor.detach().cpu()
+    path = weights_file(results, sweep, family_id)
+    write_tensors(path, tensors, {"format": "theoryscope-weights", "sweep": sweep, "family_id": family_id,
+                                  "run_ids": json.dumps([r.run_id for r in runs])})
+    relative = f"weights/sweep={sweep}/{family_id}.safetensors"
+    rows = []
+    for step in steps:
+        named = [(name, t) for name, t in tensors.items() if name.startswith(f"step{step}.")]
+        for member, run in enumerate(runs):
+            rows.append({"sweep": sweep, "run_id": run.run_id, "step": step, "file": relative, "member": member,
+                         "tensors": [n for n, _ in named], "shapes": [list(t.shape[1:]) for _, t in named],
+                         "dtype": NAMES[named[0][1].dtype],
+                         "bytes": sum(t[0].numel() * t.element_size() for _, t in named)})
+    return pa.Table.from_pylist(rows, schema=WEIGHTS)
+
+
+def drop_unfinished_weights(results: ResultsLike, sweep: str, done: set[str]) -> None:
+    """Remove the safetensors files of families that are not done (``done``: the family
+    ids that are): their runs train again, perhaps in another family."""
+    for path in list_partitions(results_root(results) / "weights", f"sweep={sweep}"):
+        if path.name.endswith(".safetensors") and path.name.removesuffix(".safetensors") not in done:
+            remove(path)
+
+
+def _named(step: int, params: models.Params) -> list[tuple[str, torch.Tensor]]:
+    named = [(f"step{step}.weight{i}", w) for i, w in enumerate(params.weights, start=1)]
+    return named + [(f"step{step}.bias{i}", b) for i, b in enumerate(params.biases or [], start=1)]
+
+
+def index(results: ResultsLike, sweep: str, run_id: str | None = None) -> pa.Table:
+    """The ``weights`` rows of a sweep (of one run), from its complete files."""
+    files = scan(existing_root(results), "weights", sweep).complete
+    tables = [read_parquet(path) for path in files]
+    table = pa.concat_tables(tables).select(WEIGHTS.names) if tables else WEIGHTS.empty_table()
+    return table if run_id is None else table.filter(pc.equal(table["run_id"], run_id))
+
+
+def load(results: ResultsLike, sweep: str, run_id: str, step: int | None = None) -> models.Params:
+    """Run ``run_id``'s net at ``step`` (None: its final weights) as plain CPU tensors,
+    layer 1 first, in the dtype it trained in; biases None for a net without them."""
+    rows = index(results, sweep, run_id).to_pylist()
+    if not rows:
+        raise StorageError(f"no weights of run {run_id!r} in sweep {sweep!r} under {root_text(results)}: the sweep "
+                           "kept none ([store] weights), the run is not done, or it is another sweep's")
+    kept = sorted(r["step"] for r in rows)
+    step = kept[-1] if step is None else step
+    row = next((r for r in rows if r["step"] == step), None)
+    if row is None:
+        raise StorageError(f"run {run_id!r} of sweep {sweep!r} kept no weights at step {step}; kept steps: "
+                           f"{', '.join(map(str, kept))}")
+    path = existing_root(results) / row["file"]
+    entries, _ = read_header(path)
+    tensors = {name: read_member(path, entries[name], row["member"]) for name in row["tensors"]}
+    weights = [t for name, t in tensors.items() if ".weight" in name]
+    biases = [t for name, t in tensors.items() if ".bias" in name]
+    return models.Params(weights, biases or None)
+
+
+def init(run: RunSpec) -> models.Params:
+    """The net ``run`` started from, rebuilt from its seed (float64, CPU; training casts
+    it to ``train.dtype``): ``models.init_member`` for experiment "train", the factors
+    of the common end-to-end start (``core.linear_start``) for the deep linear ones."""
+    if run.experiment is Experiment.TRAIN:
+        dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
+        return models.init_member(run.model, dims, run.seed)
+    return models.Params(initial_factors(run), None)
+
+
+def run_spec(results: ResultsLike, sweep: str, run_id: str) -> RunSpec:
+    """The spec of one run of a recorded sweep, from the spec the sweep was launched with."""
+    from theoryscope.sweeps.catalog import recorded_sweep
+    from theoryscope.sweeps.plan import expand_runs
+
+    found = next((r for r in expand_runs(recorded_sweep(results, sweep).spec()) if r.run_id == run_id), None)
+    if found is None:
+        raise StorageError(f"sweep {sweep!r} has no run {run_id!r}")
+    return found
