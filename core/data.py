@@ -19,8 +19,9 @@ nested are linear-modes (a QR of the whole training set) and the labels that
   (SNR = σ_w²/σ_ε²). Test targets are noisy too, as in the paper's E_g.
 * ``gaussian-mixture``: class c has mean μ_c ~ N(0, class_sep²/(2d) I), so that
   E||μ_a - μ_b||² = class_sep², and unit within-class covariance; labels are uniform.
-  A fraction ``label_noise`` of training labels is replaced, once, by a uniformly random
-  *different* class (Nakkiran et al. 2019); the test set stays clean.
+  A fraction ``label_noise`` of training labels is corrupted, once: replaced by a uniformly
+  random *different* class (``label_corruption = "other-class"``, Nakkiran et al. 2019) or
+  by a uniformly random class (``"uniform"``, Zhang et al. 2017); the test set stays clean.
 * ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``: seeded subsamples of real data
   (``core.datasets``), with the same label corruption.
 * ``lp-regression`` (Arora, Cohen & Hazan 2018): x = D z with z ~ N(0, I_d) and feature
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from theoryscope.core import datasets
-from theoryscope.core.config import REAL_DATA, DataKind, DataSpec
+from theoryscope.core.config import REAL_DATA, DataKind, DataSpec, LabelCorruption
 from theoryscope.core.datasets.table import read_table
 from theoryscope.core.errors import SpecError
 from theoryscope.core.seeding import generator
@@ -213,21 +214,29 @@ def _gaussian_mixture(s: DataSpec) -> Dataset:
 
     x_train, clean = sample(s.n_train, "train")
     x_test, y_test = sample(s.n_test, "test")
-    y_train, noisy = corrupt_labels(clean, k, s.label_noise, s.seed, "gaussian-mixture")
+    y_train, noisy = corrupt_labels(clean, k, s, "gaussian-mixture")
     return Dataset(x_train, y_train, x_test, y_test, True, k, noisy)
 
 
-def corrupt_labels(clean: torch.Tensor, k: int, fraction: float, seed: int, name: str):
-    """Replace round(fraction x n) labels, chosen at random once per data seed, by a
-    uniformly random *different* class (Nakkiran et al. 2019); fraction 1 gives random
-    labels of a kind that never agree with the truth (Zhang et al. 2017 use uniform ones).
-    Returns the labels and the mask of changed ones."""
+def corrupt_labels(clean: torch.Tensor, k: int, s: DataSpec, name: str):
+    """Corrupt round(label_noise x n) training labels, chosen at random once per data seed.
+
+    ``other-class`` (Nakkiran et al. 2019): each becomes a uniformly random *different*
+    class, so label_noise = 1 makes every label wrong (anti-correlated with the truth).
+    ``uniform`` (Zhang et al. 2017, "partially corrupted labels"): each becomes a uniformly
+    random class, the true one with probability 1/k, so label_noise = 1 gives labels
+    independent of the inputs. Returns the labels and the mask of changed ones (under
+    ``uniform`` a corrupted label that drew its own class is not changed)."""
     n = clean.shape[0]
-    order = torch.randperm(n, generator=generator(seed, name, "flip-order"))
-    offset = torch.randint(1, k, (n,), generator=generator(seed, name, "flip-offset"))
-    noisy = torch.zeros(n, dtype=torch.bool)
-    noisy[order[:math.floor(fraction * n + 0.5)]] = True
-    return torch.where(noisy, (clean + offset) % k, clean), noisy
+    order = torch.randperm(n, generator=generator(s.seed, name, "flip-order"))
+    corrupted = torch.zeros(n, dtype=torch.bool)
+    corrupted[order[:math.floor(s.label_noise * n + 0.5)]] = True
+    if s.label_corruption is LabelCorruption.UNIFORM:
+        drawn = torch.randint(0, k, (n,), generator=generator(s.seed, name, "uniform-labels"))
+    else:
+        drawn = (clean + torch.randint(1, k, (n,), generator=generator(s.seed, name, "flip-offset"))) % k
+    labels = torch.where(corrupted, drawn, clean)
+    return labels, labels != clean
 
 
 def _real(s: DataSpec) -> Dataset:
@@ -248,7 +257,7 @@ def _real(s: DataSpec) -> Dataset:
 
     classes = REAL_DATA[s.kind].classes
     clean = torch.from_numpy(splits.y_train[train_idx.numpy()])
-    y_train, noisy = corrupt_labels(clean, classes, s.label_noise, s.seed, name)
+    y_train, noisy = corrupt_labels(clean, classes, s, name)
     return Dataset(features(splits.x_train, train_idx), y_train, features(splits.x_test, test_idx),
                    torch.from_numpy(splits.y_test[test_idx.numpy()]), True, classes, noisy)
 

@@ -3,6 +3,7 @@ the same formats; label corruption on real labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from theoryscope.core import datasets
-from theoryscope.core.config import DataKind, DataSpec
+from theoryscope.core.config import DataKind, DataSpec, Experiment, LabelCorruption, ModelSpec, RunSpec, TrainSpec
 from theoryscope.core.data import make_dataset
 from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.dispatch import LocalBackend
@@ -122,3 +123,50 @@ def test_label_corruption_on_digits_is_exact_and_deterministic(noise):
     assert int(changed.sum()) == round(noise * 900) and torch.equal(changed, noisy.noisy)
     assert torch.equal(noisy.y_train, again.y_train)
     assert torch.equal(clean.y_test, noisy.y_test) and torch.equal(clean.x_train, noisy.x_train)
+
+
+def test_uniform_corruption_draws_every_class_alike_the_true_one_included():
+    """Zhang et al. (2017): a corrupted label is a uniformly random class, right with
+    probability 1/K; the other-class flips (Nakkiran et al. 2019) are never right."""
+    n, k = 20000, 4
+    spec = DataSpec(kind=DataKind.GAUSSIAN_MIXTURE, n_classes=k, n_train=n, n_test=10, input_dim=3, label_noise=1.0)
+    clean = make_dataset(dataclasses.replace(spec, label_noise=0.0)).y_train
+    uniform = make_dataset(dataclasses.replace(spec, label_corruption=LabelCorruption.UNIFORM))
+    other = make_dataset(spec)
+    assert not (other.y_train == clean).any()
+    kept = (uniform.y_train == clean).double().mean().item()
+    sigma = (1 / k * (1 - 1 / k) / n) ** 0.5
+    assert abs(kept - 1 / k) < 5 * sigma
+    # the corrupted labels are independent of the true ones: every (true, drawn) cell at 1/K^2
+    cells = torch.bincount(clean * k + uniform.y_train, minlength=k * k).double() / n
+    assert torch.allclose(cells, torch.full_like(cells, 1 / k**2), atol=5 * (1 / k**2 / n) ** 0.5)
+    assert torch.equal(uniform.noisy, uniform.y_train != clean)
+
+
+def test_uniform_corruption_of_a_fraction_leaves_the_others_and_the_test_set():
+    spec = DataSpec(kind=DataKind.DIGITS, n_train=900, n_test=100, label_noise=0.3,
+                    label_corruption=LabelCorruption.UNIFORM)
+    clean, noisy = make_dataset(dataclasses.replace(spec, label_noise=0.0)), make_dataset(spec)
+    changed = int((clean.y_train != noisy.y_train).sum())
+    assert changed <= 270 and abs(changed - 270 * 0.9) < 5 * (270 * 0.9 * 0.1) ** 0.5
+    assert torch.equal(clean.y_test, noisy.y_test) and torch.equal(clean.x_train, noisy.x_train)
+
+
+def a_run(data: DataSpec) -> RunSpec:
+    return RunSpec(Experiment.TRAIN, data, ModelSpec(), TrainSpec())
+
+
+def test_label_corruption_is_part_of_a_run_only_where_labels_are_corrupted():
+    """Other-class runs keep their ids (the default is left out); uniform ones get their
+    own; without label noise, or on regression data, the choice cannot matter."""
+    def run_id(kind: DataKind, noise: float, corruption: LabelCorruption) -> str:
+        return a_run(DataSpec(kind=kind, n_train=500, n_test=500, label_noise=noise,
+                              label_corruption=corruption)).run_id
+
+    for kind, noise in ((DataKind.DIGITS, 0.0), (DataKind.TEACHER_STUDENT, 0.5)):
+        assert run_id(kind, noise, LabelCorruption.UNIFORM) == run_id(kind, noise, LabelCorruption.OTHER_CLASS)
+    assert run_id(DataKind.DIGITS, 0.5, LabelCorruption.UNIFORM) != run_id(DataKind.DIGITS, 0.5,
+                                                                         LabelCorruption.OTHER_CLASS)
+    default = a_run(DataSpec(kind=DataKind.DIGITS, n_train=500, n_test=500, label_noise=0.5))
+    assert default.run_id == run_id(DataKind.DIGITS, 0.5, LabelCorruption.OTHER_CLASS)
+    assert "label_corruption" not in default.to_config()["data"]

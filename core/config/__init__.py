@@ -6,12 +6,12 @@ here; it imports nothing of theoryscope's but itself.
 from theoryscope.core.config.fields import Choice, FieldError, is_finite, is_hashed, require
 from theoryscope.core.config.run import RUN_SECTIONS, RunSpec
 from theoryscope.core.config.sections import (
-    REAL_DATA, Activation, DataKind, DataSpec, DType, Experiment, Init, MatmulPrecision, ModelKind, ModelSpec,
-    Objective, Optimizer, Overparam, RealData, TrainSpec,
+    REAL_DATA, Activation, DataKind, DataSpec, DType, Experiment, Init, LabelCorruption, MatmulPrecision, ModelKind,
+    ModelSpec, Objective, Optimizer, Overparam, RealData, TrainSpec,
 )
 
 __all__ = [
     "REAL_DATA", "RUN_SECTIONS", "Activation", "Choice", "DType", "DataKind", "DataSpec", "Experiment", "FieldError",
-    "Init", "MatmulPrecision", "ModelKind", "ModelSpec", "Objective", "Optimizer", "Overparam", "RealData", "RunSpec",
+    "Init", "LabelCorruption", "MatmulPrecision", "ModelKind", "ModelSpec", "Objective", "Optimizer", "Overparam", "RealData", "RunSpec",
     "TrainSpec", "is_finite", "is_hashed", "require",
 ]
