@@ -4,8 +4,16 @@ are in helpers.py."""
 
 from __future__ import annotations
 
-import logging
 import os
+
+# The tests' arrays are small: a second BLAS or torch thread only waits on the first, and
+# on a busy machine (two cores, another job beside) spinning threads make small ops 10 to
+# 40 times slower. Set before numpy and torch load their BLAS; the processes the tests
+# start inherit it. Families launched by the tests still get resources.num_cpus threads.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import logging  # noqa: E402
 import shutil
 import signal
 import socket
@@ -16,8 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import CREDENTIALS, free_port
+
+torch.set_num_threads(1)  # in case torch was loaded before this file (the variables above are then too late)
 
 
 @pytest.fixture
