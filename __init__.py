@@ -11,6 +11,7 @@ one name; ``core``, ``sweeps`` and ``storage`` are its subpackages, ``cli.py`` i
     summary = ts.launch(spec, results="results")
     ts.query("results", "SELECT depth, avg(test_loss) FROM runs GROUP BY depth")
     ts.layer_cushion(weights, None, x)
+    net = ts.weights.load("results", "quickstart", run_id)   # a trained net (``theoryscope.weights``)
 
 Names are imported on first use, so ``import theoryscope`` (and every CLI command that
 does not train) stays fast: nothing here imports torch or Ray until it is asked for.
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 # The subpackages, bottom floor first. Each may import only those before it (the
 # layering test checks it); `cli` sits on top of them all.
 SUBPACKAGES = ("core", "storage", "sweeps")
+# Its modules beside them: the command line and the trained nets' API, on top.
+MODULES = ("cli", "weights")
 
 # Public name -> "module:attribute", relative to this package.
 _EXPORTS = {
@@ -48,6 +51,7 @@ _EXPORTS = {
     "activation_contraction": "core.measures.cushion:activation_contraction",
     "linear_barrier": "core.measures.valley:linear_barrier",
     "string_barrier": "core.measures.valley:string_barrier",
+    "relative_barrier": "core.measures.valley:relative_barrier",
     "summarize_overtraining": "core.measures.overtraining:summarize",
     "linear_theory_test_error": "core.measures.overtraining:linear_theory_test_error",
     "end_to_end_update": "core.measures.acceleration:end_to_end_update",
@@ -57,6 +61,8 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name in MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'theoryscope' has no attribute {name!r}")
     module, _, attribute = _EXPORTS[name].partition(":")
@@ -66,4 +72,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_EXPORTS, *MODULES})

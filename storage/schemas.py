@@ -57,6 +57,7 @@ RUNS = pa.schema([
     ("teacher_width", pa.int64()),
     ("n_classes", pa.int64()),
     ("class_sep", pa.float64()),
+    ("label_corruption", pa.string()),  # data.label_corruption (classification)
     ("data_seed", pa.int64()),        # data.seed
     ("path", pa.string()),            # data.path (mnist, fashion-mnist, cifar10)
     ("activation", pa.string()),
@@ -68,6 +69,9 @@ RUNS = pa.schema([
     ("beta1", pa.float64()),
     ("beta2", pa.float64()),
     ("eps", pa.float64()),
+    ("adagrad_eps", pa.float64()),    # train.adagrad_eps (adagrad)
+    ("rho", pa.float64()),            # train.rho (adadelta)
+    ("adadelta_eps", pa.float64()),   # train.adadelta_eps (adadelta)
     ("log_every", pa.int64()),
     ("dtype", pa.string()),
     ("objective", pa.string()),       # train.objective (regression)
@@ -78,6 +82,7 @@ RUNS = pa.schema([
     ("lr_grid", pa.string()),         # train.lr_grid as JSON (acceleration)
     ("lr_range", pa.string()),        # train.lr_range as JSON
     ("target", pa.float64()),         # train.target (acceleration)
+    ("lr_tolerance", pa.float64()),   # train.lr_tolerance (acceleration)
     ("imbalance", pa.float64()),      # model.imbalance (linear-dynamics)
     ("singular_values", pa.string()), # data.singular_values as JSON (linear-modes)
     ("matmul_precision", pa.string()),  # train.matmul_precision
@@ -95,6 +100,13 @@ CURVES = pa.schema([
     ("test_error", pa.float64()),
     ("theory_test_loss", pa.float64()),  # closed-form prediction where one exists
     ("rule_deviation", pa.float64()),    # linear-dynamics: ||W_e - W_rule||_F / ||W_rule||_F
+    # Where theory_test_loss exists (else null; files from before these columns read them
+    # as null): the closed-form training loss at the step, and the run's closed-form optimal
+    # stopping point, the same on every row of the run (a fractional step, null when the
+    # theory's test loss falls for ever, and the test loss there or its limit).
+    ("theory_train_loss", pa.float64()),
+    ("theory_best_step", pa.float64()),
+    ("theory_best_test_loss", pa.float64()),
 ])
 
 # The spine: what every sweep writes whatever it measures. Measures and experiments add

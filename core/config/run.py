@@ -41,9 +41,9 @@ class RunSpec:
 
     def _check_experiment(self) -> None:
         """What an acceleration run needs: l_p data, a deep linear model without biases
-        and with an end-to-end init, full-batch GD or Adam. A linear-dynamics run: a
-        deep linear model without biases on regression data, an end-to-end init, full-batch
-        GD."""
+        and with an end-to-end init, full-batch GD, Adam, AdaGrad or AdaDelta. A
+        linear-dynamics run: a deep linear model without biases on regression data, an
+        end-to-end init, full-batch GD."""
         lp = self.data.kind is DataKind.LP_REGRESSION
         end_to_end = (Init.BALANCED, Init.IDENTITY, Init.DECOUPLED)
         if self.train.matmul_precision is not MatmulPrecision.HIGHEST and self.experiment is not Experiment.TRAIN:
@@ -87,7 +87,7 @@ class RunSpec:
             ("model.bias", not self.model.bias, "false", self.model.bias),
             ("model.init", self.model.init in (Init.BALANCED, Init.IDENTITY), '"balanced" | "identity"',
              self.model.init.value),
-            ("train.optimizer", self.train.optimizer in (Optimizer.GD, Optimizer.ADAM), '"gd" | "adam"',
+            ("train.optimizer", self.train.optimizer is not Optimizer.SGD, '"gd" | "adam" | "adagrad" | "adadelta"',
              self.train.optimizer.value),
             ("train.batch_size", self.train.batch_size == 0, "0 (full batch)", self.train.batch_size),
         ]
@@ -109,10 +109,11 @@ class RunSpec:
 
     def applies(self, section: str, name: str) -> bool:
         """Whether a field can affect this run. Fields that cannot (width at depth 1,
-        momentum outside "sgd", Adam's settings outside "adam", class settings outside
-        "gaussian-mixture", teacher settings outside "teacher-student", the activation of
-        a model with no hidden layer) are left out of the run id and are NULL in ``runs``,
-        so grid points that differ only in them are one run."""
+        momentum outside "sgd", Adam's, AdaGrad's and AdaDelta's settings outside their
+        optimizer, class settings outside "gaussian-mixture", teacher settings outside
+        "teacher-student", the activation of a model with no hidden layer) are left out
+        of the run id and are NULL in ``runs``, so grid points that differ only in them
+        are one run."""
         return self._conditional_fields.get((section, name), True)
 
     @functools.cached_property
@@ -139,6 +140,7 @@ class RunSpec:
             ("data", "teacher_width"): kind is DataKind.TEACHER_STUDENT,
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
+            ("data", "label_corruption"): kind.is_classification and self.data.label_noise > 0,
             ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
             ("data", "label_noise"): kind is not DataKind.LINEAR_MODES and not self.data.from_table,
             ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
@@ -146,6 +148,10 @@ class RunSpec:
             ("train", "beta1"): optimizer is Optimizer.ADAM,
             ("train", "beta2"): optimizer is Optimizer.ADAM,
             ("train", "eps"): optimizer is Optimizer.ADAM,
+            ("train", "adagrad_eps"): optimizer is Optimizer.ADAGRAD,
+            ("train", "rho"): optimizer is Optimizer.ADADELTA,
+            ("train", "adadelta_eps"): optimizer is Optimizer.ADADELTA,
+            ("train", "lr_tolerance"): accelerating,
         }
         return only_if
 

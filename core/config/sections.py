@@ -66,6 +66,11 @@ class Objective(Choice):
     HALF_SUM = "half-sum"
 
 
+class LabelCorruption(Choice):
+    OTHER_CLASS = "other-class"  # a uniformly random different class (Nakkiran et al. 2019)
+    UNIFORM = "uniform"          # a uniformly random class, possibly the true one (Zhang et al. 2017)
+
+
 class ModelKind(Choice):
     MLP = "mlp"
     LINEAR = "linear"
@@ -92,6 +97,8 @@ class Optimizer(Choice):
     GD = "gd"
     SGD = "sgd"
     ADAM = "adam"
+    ADAGRAD = "adagrad"    # Duchi, Hazan & Singer 2011
+    ADADELTA = "adadelta"  # Zeiler 2012
 
 
 class DType(Choice):
@@ -133,6 +140,12 @@ class DataSpec:
     # what it means is each data kind's own, defined once beside its generator in
     # core.data (README's data kinds say the same for users).
     label_noise: float = 0.0
+    # Classification: what a corrupted label becomes. "other-class": a uniformly random
+    # different class (Nakkiran et al. 2019), so label_noise = 1 makes every label wrong;
+    # "uniform": a uniformly random class (Zhang et al. 2017), right with probability
+    # 1/classes, so label_noise = 1 gives random labels and a memorising net sits at chance.
+    label_corruption: LabelCorruption = field(default=LabelCorruption.OTHER_CLASS,
+                                              metadata={"omit_default": True})
     # Seed of the data (teacher, inputs, noise); separate from the run's seed, so the
     # teacher is fixed across a sweep unless this is swept.
     seed: int = 0
@@ -271,8 +284,9 @@ class ModelSpec:
 class TrainSpec:
     """How every member is trained."""
 
-    # "gd" (full-batch gradient descent), "sgd" (minibatch SGD with optional momentum)
-    # or "adam".
+    # "gd" (full-batch gradient descent), "sgd" (minibatch SGD with optional momentum),
+    # "adam", "adagrad" (Duchi, Hazan & Singer 2011) or "adadelta" (Zeiler 2012), with
+    # PyTorch's update rules (core.optim).
     optimizer: Optimizer = Optimizer.GD
     # Step size; may differ between members of one family.
     lr: float = 0.05
@@ -313,6 +327,18 @@ class TrainSpec:
     # Experiment "acceleration": the target is reached at the first step with
     # L - L* <= target x (L_0 - L*), L* the optimum of the depth-1 problem.
     target: float = field(default=1e-3, metadata={"omit_default": True})
+    # AdaGrad's guard in lr g / (sqrt(sum of g^2) + eps) (Duchi et al.'s delta; PyTorch's
+    # default; its lr_decay and initial accumulator are PyTorch's defaults, 0).
+    adagrad_eps: float = field(default=1e-10, metadata={"omit_default": True})
+    # AdaDelta's decay of its two running averages and its guard (Zeiler 2012's rho and
+    # epsilon at PyTorch's defaults; Zeiler's experiments use rho = 0.95). AdaDelta's
+    # step is multiplied by `lr` as in PyTorch, whose default is 1.0.
+    rho: float = field(default=0.9, metadata={"omit_default": True})
+    adadelta_eps: float = field(default=1e-6, metadata={"omit_default": True})
+    # Experiment "acceleration": 0 reports the fastest stable rate of lr_grid. Above 0,
+    # that rate is refined in stacked rounds until the nearest rates tried on either side
+    # of the reported one are within a factor 1 + lr_tolerance (core.accelerate).
+    lr_tolerance: float = field(default=0.0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         require(is_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
@@ -341,6 +367,16 @@ class TrainSpec:
         require(is_finite(self.beta2) and 0 <= self.beta2 < 1, "beta2", "a number in [0, 1)",
                  self.beta2)
         require(is_finite(self.eps) and self.eps > 0, "eps", "a finite number > 0", self.eps)
+        require(is_finite(self.adagrad_eps) and self.adagrad_eps > 0, "adagrad_eps", "a finite number > 0",
+                 self.adagrad_eps)
+        require(is_finite(self.rho) and 0 <= self.rho < 1, "rho", "a number in [0, 1)", self.rho)
+        require(is_finite(self.adadelta_eps) and self.adadelta_eps > 0, "adadelta_eps", "a finite number > 0",
+                 self.adadelta_eps)
+        require(is_finite(self.lr_tolerance) and (self.lr_tolerance == 0 or 1e-3 <= self.lr_tolerance <= 1),
+                 "lr_tolerance", "0 (no refinement) or a number in [0.001, 1]", self.lr_tolerance)
+        if self.lr_tolerance > 0:
+            require(len(self.learning_rates()) >= 2, "lr_tolerance",
+                     "0 unless lr_grid has at least 2 rates (refinement starts between them)", self.lr_tolerance)
         require(self.log_every >= 1, "log_every", "an integer >= 1", self.log_every)
         require(self.checkpoint_every >= 0, "checkpoint_every",
                  "an integer >= 0 (0 = every 2 minutes)", self.checkpoint_every)
