@@ -41,7 +41,9 @@ class FamilyResult:
 
     Curve arrays are ``[T, F]`` over ``steps``; the final metrics are the last curve point.
     Error arrays are None for regression. ``diverged_step[f]`` is the step at which member
-    f was frozen, or -1.
+    f was frozen because its loss was no longer finite, ``stopped_step[f]`` the step at
+    which it was frozen because its training loss reached ``train.stop_train_loss``;
+    -1 if never.
     """
 
     steps: np.ndarray
@@ -57,6 +59,7 @@ class FamilyResult:
     # (for measures that look at the nets while they train).
     data: StackedData | None = None
     snapshots: dict[int, models.Params] | None = None
+    stopped_step: np.ndarray | None = None
     # Experiment "linear-dynamics": ||W_e - W_rule||_F / ||W_rule||_F at the logged steps.
     rule_deviation: np.ndarray | None = None
     # With train.matmul_precision other than "highest": per member, the largest relative
@@ -151,7 +154,9 @@ class FamilyTraining:
 
     The state is the stacked parameters, the optimizer's buffers and step count, each
     member's batch-order stream, the curves so far, which members are still active and
-    when the others diverged. ``state_dict``/``load_state_dict`` round-trip all of it, so
+    when the others diverged or stopped (``train.stop_train_loss``: a member whose
+    training loss reached it is frozen like a diverged one, its siblings carry on; once
+    every member is frozen the family ends, ``fast_forward``). ``state_dict``/``load_state_dict`` round-trip all of it, so
     a family continued from a checkpoint computes exactly what it would have computed.
     """
 
@@ -175,6 +180,8 @@ class FamilyTraining:
         self.curves = torch.full((4, len(self.log_steps), f), float("nan"), dtype=self.dtype, device=device)
         self.active = torch.ones(f, dtype=torch.bool, device=device)
         self.diverged_step = torch.full((f,), -1, dtype=torch.long, device=device)
+        self.stop = self.spec_train.stop_train_loss
+        self.stopped_step = torch.full((f,), -1, dtype=torch.long, device=device)
         self.step = 0  # the next step to run
         self.elapsed = 0.0  # training seconds, summed over every attempt
         self.snapshot_steps = {s for s in snapshot_steps if s <= self.spec_train.steps}
@@ -234,6 +241,8 @@ class FamilyTraining:
             bad |= ~torch.isfinite(train_loss.detach())
         self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
         self.active &= ~bad
+        if self.stop and (self.full_batch or row is not None):  # the whole training set's loss is known
+            self._stop_reached(step, loss if self.full_batch else train_loss)
         if training:
             loss = loss * objective_scale(self.spec_train.objective, yb)
             total = torch.where(self.active, loss, 0.0).sum()
@@ -241,9 +250,38 @@ class FamilyTraining:
             self.optimizer.step(self.tensors, grads, self.active)
         self.step += 1
 
+    def _stop_reached(self, step: int, train_loss: torch.Tensor) -> None:
+        """Freeze the members whose training loss at ``step`` is at most stop_train_loss."""
+        reached = self.active & (train_loss.detach() <= self.stop)
+        self.stopped_step = torch.where(reached, step, self.stopped_step)
+        self.active &= ~reached
+
     @property
     def finished(self) -> bool:
         return self.step > self.spec_train.steps
+
+    @property
+    def all_frozen(self) -> bool:
+        """Every member stopped or diverged (one host read), with stop_train_loss on."""
+        return bool(self.stop) and not bool(self.active.any())
+
+    def fast_forward(self) -> None:
+        """End a family whose members are all frozen: what the remaining steps would log
+        is what the frozen weights give now, evaluated once (the whole training and test
+        sets), and the remaining snapshots are those weights."""
+        later = [row for row, s in enumerate(self.log_steps.tolist()) if s >= self.step]
+        if later:
+            train, test = self._evaluate(self.data.x_train, self.data.y_train), self._evaluate(
+                self.data.x_test, self.data.y_test)
+            for row in later:
+                self._record(row, 0, *train)
+                self._record(row, 1, *test)
+            if self.precision is not MatmulPrecision.HIGHEST:
+                self._check_precision(train[0])
+        for step in self.snapshot_steps:
+            if step >= self.step:
+                self.snapshots[step] = [p.detach().clone() for p in self.tensors]
+        self.step = self.spec_train.steps + 1
 
     def state_dict(self) -> dict:
         """Everything that changes during training, on the CPU."""
@@ -257,6 +295,7 @@ class FamilyTraining:
             "curves": self.curves.cpu(),
             "active": self.active.cpu(),
             "diverged_step": self.diverged_step.cpu(),
+            "stopped_step": self.stopped_step.cpu(),
             "batches": None if self.batches is None else self.batches.state(),
             "snapshots": [[step, [t.cpu() for t in tensors]] for step, tensors in sorted(self.snapshots.items())],
             "precision_error": self.precision_error.cpu(),
@@ -274,6 +313,7 @@ class FamilyTraining:
         self.curves = state["curves"].to(self.device)
         self.active = state["active"].to(self.device)
         self.diverged_step = state["diverged_step"].to(self.device)
+        self.stopped_step = state.get("stopped_step", self.stopped_step.cpu()).to(self.device)
         if self.batches is not None:
             self.batches.restore(state["batches"])
         self.step, self.elapsed = state["step"], state["elapsed"]
@@ -292,7 +332,7 @@ class FamilyTraining:
             steps=self.log_steps,
             train_loss=host[0], test_loss=host[1],
             train_error=host[2] if errors else None, test_error=host[3] if errors else None,
-            diverged_step=self.diverged_step.cpu().numpy(),
+            diverged_step=self.diverged_step.cpu().numpy(), stopped_step=self.stopped_step.cpu().numpy(),
             params=models.Params(weights, biases),
             wall_seconds=self.elapsed, device=describe_device(self.device),
             data=self.data, snapshots=snapshots,
@@ -333,6 +373,8 @@ def train_family(runs: Sequence[RunSpec], device: torch.device, checkpoint: Chec
             start = time.perf_counter()
             checkpoint.save(training.state_dict())
         training.run_step()
+        if training.all_frozen:
+            training.fast_forward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     training.elapsed += time.perf_counter() - start

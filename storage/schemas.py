@@ -45,6 +45,8 @@ RUNS = pa.schema([
     ("test_error", pa.float64()),
     ("gen_gap", pa.float64()),        # test - train error (classification) or loss (regression)
     ("diverged_step", pa.int64()),    # step at which the member was frozen; null if never
+    ("stopped_step", pa.int64()),     # step whose training loss reached train.stop_train_loss; null if never
+    ("reached_stop", pa.bool_()),     # whether it did; null without train.stop_train_loss
     ("error", pa.string()),           # the exception message of a failed family
     ("wall_seconds", pa.float64()),   # training time of the whole family
     ("device", pa.string()),
@@ -73,6 +75,7 @@ RUNS = pa.schema([
     ("rho", pa.float64()),            # train.rho (adadelta)
     ("adadelta_eps", pa.float64()),   # train.adadelta_eps (adadelta)
     ("log_every", pa.int64()),
+    ("stop_train_loss", pa.float64()),  # train.stop_train_loss
     ("dtype", pa.string()),
     ("objective", pa.string()),       # train.objective (regression)
     ("target_column", pa.string()),   # data.target_column (lp-regression from a table)

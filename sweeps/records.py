@@ -69,6 +69,7 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
     rows = []
     for f, run in enumerate(runs):
         diverged = int(result.diverged_step[f])
+        stopped = -1 if result.stopped_step is None else int(result.stopped_step[f])
         final = {name: _final(values, f, frozen) for name, values in (
             ("train_loss", result.train_loss), ("test_loss", result.test_loss),
             ("train_error", result.train_error), ("test_error", result.test_error))}
@@ -78,6 +79,8 @@ def trained_family_tables(sweep: str, family_id: str, runs: Sequence[RunSpec], r
             sweep, family_id, run, len(runs), code_version, finished_at,
             status=RunStatus.DIVERGED if diverged >= 0 else RunStatus.OK,
             gen_gap=gap, diverged_step=diverged if diverged >= 0 else None,
+            stopped_step=stopped if stopped >= 0 else None,
+            reached_stop=stopped >= 0 if run.train.stop_train_loss else None,
             wall_seconds=result.wall_seconds, device=result.device, **final,
             precision_error=None if result.precision_error is None else nullable(result.precision_error[f]),
         ))

@@ -49,6 +49,9 @@ class RunSpec:
         if self.train.matmul_precision is not MatmulPrecision.HIGHEST and self.experiment is not Experiment.TRAIN:
             raise FieldError("train.matmul_precision", '"highest" outside experiment = "train"',
                              self.train.matmul_precision.value)
+        if self.train.stop_train_loss and self.experiment is not Experiment.TRAIN:
+            raise FieldError("train.stop_train_loss", '0 (off) outside experiment = "train"',
+                             self.train.stop_train_loss)
         if self.model.init is Init.DECOUPLED and self.data.kind is not DataKind.LINEAR_MODES:
             raise FieldError("model.init", '"balanced" | "identity" unless data.kind = "linear-modes" '
                              '("decoupled" starts from the target\'s singular vectors)', self.model.init.value)

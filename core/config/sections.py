@@ -339,9 +339,16 @@ class TrainSpec:
     # that rate is refined in stacked rounds until the nearest rates tried on either side
     # of the reported one are within a factor 1 + lr_tolerance (core.accelerate).
     lr_tolerance: float = field(default=0.0, metadata={"omit_default": True})
+    # Experiment "train": a member stops, frozen, at the first step whose training loss
+    # (the full training set: every step with full batch, at logged steps with minibatches)
+    # is at most this; 0 = train every member for all `steps`. Jiang et al. (2020) train
+    # to a cross-entropy of 0.01, so that nets are compared at equal fit.
+    stop_train_loss: float = field(default=0.0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         require(is_finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        require(is_finite(self.stop_train_loss) and self.stop_train_loss >= 0, "stop_train_loss",
+                 "a number >= 0 (0 = off)", self.stop_train_loss)
         if isinstance(self.lr_grid, int):
             require(self.lr_grid >= 1, "lr_grid", "a count >= 1 or a list of numbers > 0", self.lr_grid)
         else:
