@@ -1,0 +1,429 @@
+"""Complexity measures of Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic
+generalization measures and where to find them", ICLR 2020 (Appendix C), for a stacked
+family of MLPs or deep linear nets.
+
+Notation of the paper: A_i (here ``weights[i]``, ``[F, out, in]``) the weight matrices,
+A_i^0 those at initialization, w the vector of every parameter (weights and biases),
+omega its length, m the number of training samples, gamma the 10th percentile of the
+training margins. ``||.||_F`` is the Frobenius norm, ``||.||_sigma`` the spectral norm
+(exact: ``cushion.weight_norms``, float64 Gram eigenvalues).
+
+Choices the paper leaves open, made once here:
+
+* Norm- and distance-based measures look at the weight matrices A_i only (as the
+  reference code of Dziugaite et al. 2020, which implements Jiang's list, leaves the
+  biases out); ``path_norm`` counts the bias paths too
+  (a bias is an edge from a unit that is always 1, as Neyshabur et al. 2015 treat it);
+  ``params`` and every flatness measure (PAC-Bayes, sharpness, Hessian) see every
+  trainable parameter, weights and biases.
+* Values are the formulas themselves; the reference code's rescaling by the sample
+  size (sqrt(value / m), or (value - log m) / 2 for the log measures) is monotone at
+  fixed m and left to the ranking.
+* Random perturbations are drawn on the CPU from the ``generator`` passed in, without a
+  family dimension, and shared by every member (common random numbers): a family's
+  numbers equal its members' numbers computed alone, up to rounding.
+
+Every function takes a family (a leading ``F`` on every tensor) and returns ``[F]``
+tensors, computed for all members at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from theoryscope.core import models
+from theoryscope.core.measures.compression import margins as classification_margins
+from theoryscope.core.measures.cushion import weight_norms
+from theoryscope.core.train import StackedData, member_losses
+
+Tensor = torch.Tensor
+
+# Jiang et al. 2020, Appendix C: sigma is searched for a deviation of 0.1 of the training
+# accuracy; the magnitude-aware noise and box have the floor eps = 1e-3.
+PACBAYES_TARGET = 0.1
+MAGNITUDE_EPS = 1e-3
+# Monte Carlo draws and bisection steps of the sigma search: modest (Jiang's reference code
+# uses 10 and 15) so that the measures stay cheap beside training; options of pacbayes().
+PACBAYES_DRAWS = 8
+PACBAYES_STEPS = 12
+# The sigma search bisects log(sigma) within this range: uniform relative precision
+# (12 steps resolve a factor (1e6)^(1/4096), 0.3 %) for sharp and flat nets alike.
+SIGMA_RANGE = (1e-5, 10.0)
+# Sharpness: the box radius alpha (|w| + eps) and the number of projected ascent steps.
+SHARPNESS_ALPHA = 0.05
+SHARPNESS_STEPS = 10
+# Power iterations of hessian_top.
+HESSIAN_ITERATIONS = 20
+# Largest number of elements (perturbed parameters plus activations) one batched forward
+# of perturbed nets holds; the draws are evaluated in chunks that fit. Cache-sized: on a
+# CPU, 8 draws of a 64-member width-64 family cost 9.4 plain forwards in chunks of this
+# size against 12.5 in one batch of 2^26 elements; a family of hundreds of members fills
+# a GPU with one draw per chunk.
+PERTURBED_BUDGET = 2**22
+
+
+def _member_view(v: Tensor, like: Tensor) -> Tensor:
+    """``[F]`` -> ``[F, 1, ...]`` broadcasting against ``like`` ``[F, ...]``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------------------
+# Norms and distances from initialization
+# ---------------------------------------------------------------------------------------
+
+def layer_norms(weights: list[Tensor]) -> dict[str, Tensor]:
+    """``cushion.weight_norms`` (per layer ``[F, L]``: frobenius, spectral, stable_rank),
+    NaN for a member with a non-finite entry (a diverged net) instead of an eigensolver
+    error for the whole family."""
+    finite = torch.stack([torch.isfinite(w).flatten(1).all(dim=1) for w in weights], dim=-1).all(dim=-1)
+    norms = weight_norms([torch.where(_member_view(finite, w), w, 0.0) for w in weights])
+    return {name: torch.where(finite.unsqueeze(-1), value, math.nan) for name, value in norms.items()}
+
+
+def path_norm(params: models.Params) -> Tensor:
+    """The l2 path norm (Neyshabur et al. 2015; Jiang et al. 2020, eq. 44), ``[F]``:
+    sum over every input-to-output path of the product of its squared weights, i.e. the
+    net with every parameter squared applied to an all-ones input, outputs summed. A
+    bias b^i_j starts a path of its own (an edge from a constant unit), so it adds
+    (b^i_j)^2 times the squared weights above it. Every entry is non-negative, so the
+    ReLU is the identity on this net and the value is the same for MLPs and linear nets."""
+    first = params.weights[0]
+    h = first.new_ones(first.shape[0], 1, first.shape[2])
+    for i, w in enumerate(params.weights):
+        h = torch.bmm(h, w.square().transpose(1, 2))
+        if params.biases is not None:
+            h = h + params.biases[i].square().unsqueeze(1)
+    return h.sum(dim=(1, 2))
+
+
+def spectral_complexity(weights: list[Tensor], reference: list[Tensor]) -> Tensor:
+    """The spectral complexity R_A of Bartlett, Foster & Telgarsky 2017 ("Spectrally-
+    normalized margin bounds for neural networks", Theorem 1.1), ReLU and identity being
+    1-Lipschitz (rho_i = 1), with the init as reference matrices M_i, ``[F]``:
+
+        R_A = prod_i ||A_i||_sigma * (sum_i (||A_i^T - M_i^T||_{2,1} / ||A_i||_sigma)^{2/3})^{3/2}.
+
+    ``||B||_{2,1}`` is the sum of the l2 norms of B's columns, so for ``[out, in]``
+    matrices ``||A^T - M^T||_{2,1}`` is the sum over A's rows (output units) of the l2
+    norms of the rows of A - M."""
+    spec = layer_norms(weights)["spectral"]
+    l21 = torch.stack([(w - m.to(w)).norm(dim=-1).sum(dim=-1) for w, m in zip(weights, reference)], dim=-1)
+    return spec.prod(dim=-1) * (l21 / spec).pow(2.0 / 3.0).sum(dim=-1).pow(1.5)
+
+
+def parameter_count(params: models.Params) -> Tensor:
+    """omega, every trainable parameter (weights and biases) of one member, as ``[F]``
+    float64 (exact up to 2^53) on the parameters' device."""
+    count = sum(t[0].numel() for t in params.tensors())
+    first = params.weights[0]
+    return torch.full((first.shape[0],), float(count), dtype=torch.float64, device=first.device)
+
+
+def norm_measures(params: models.Params, init: models.Params, nonlinear: bool = True) -> dict[str, Tensor]:
+    """Jiang et al. 2020, Appendix C, each ``[F]``:
+
+    * ``log_prod_spec`` = sum_i log ||A_i||_sigma^2 (eq. 32),
+    * ``log_prod_fro`` = sum_i log ||A_i||_F^2 (eq. 37),
+    * ``sum_fro_over_spec`` = sum_i ||A_i||_F^2 / ||A_i||_sigma^2 (eq. 33),
+    * ``param_norm`` = sum_i ||A_i||_F^2 (eq. 42), ``path_norm`` (eq. 44, ``path_norm``),
+    * ``spectral_complexity`` (Bartlett et al. 2017, ``spectral_complexity``),
+    * ``dist_fro`` = sum_i ||A_i - A_i^0||_F^2 (eq. 40),
+      ``dist_spec`` = sum_i ||A_i - A_i^0||_sigma^2 (eq. 41),
+    * ``params`` = omega (eq. 20).
+
+    ``init`` holds the nets at initialization (the caller rebuilds it from the runs'
+    seeds). ``nonlinear`` is accepted for a uniform signature: none of these depends on
+    it (ReLU and identity are both 1-Lipschitz and positively homogeneous)."""
+    norms = layer_norms(params.weights)
+    fro2, spec2 = norms["frobenius"].square(), norms["spectral"].square()
+    gaps = layer_norms([w - w0.to(w) for w, w0 in zip(params.weights, init.weights)])
+    return {
+        "log_prod_spec": spec2.log().sum(dim=-1),
+        "log_prod_fro": fro2.log().sum(dim=-1),
+        "sum_fro_over_spec": (fro2 / spec2).sum(dim=-1),
+        "param_norm": fro2.sum(dim=-1),
+        "path_norm": path_norm(params),
+        "spectral_complexity": spectral_complexity(params.weights, init.weights),
+        "dist_fro": gaps["frobenius"].square().sum(dim=-1),
+        "dist_spec": gaps["spectral"].square().sum(dim=-1),
+        "params": parameter_count(params),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Margins
+# ---------------------------------------------------------------------------------------
+
+def quantile_of(values: Tensor, q: float) -> Tensor:
+    """The q-th percentile over the last axis with linear interpolation between order
+    statistics (numpy's and torch.quantile's default), by one sort (no size limit)."""
+    ordered = values.sort(dim=-1).values
+    position = (q / 100.0) * (values.shape[-1] - 1)
+    below = math.floor(position)
+    above = min(below + 1, values.shape[-1] - 1)
+    return ordered[..., below] + (position - below) * (ordered[..., above] - ordered[..., below])
+
+
+def margin_measures(params: models.Params, x_train: Tensor, y_train: Tensor, nonlinear: bool,
+                    percentile: float = 10.0, norms: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Margin-based measures of Jiang et al. 2020 (Appendix C), classification only,
+    each ``[F]``: ``margin`` gamma, the ``percentile``-th percentile (10th in the paper)
+    of the training margins f(x)[y] - max_{j != y} f(x)[j];
+
+    * ``inverse_margin`` = 1 / gamma^2 (eq. 22),
+    * ``log_spec_over_margin`` = log(prod_i ||A_i||_sigma^2 / gamma^2) (eq. 31),
+    * ``log_fro_over_margin`` = log(prod_i ||A_i||_F^2 / gamma^2) (eq. 36),
+    * ``path_norm_over_margin`` = path_norm / gamma^2 (eq. 43).
+
+    Where gamma <= 0 (more than the percentile of the samples misclassified) the four
+    ratios are NaN: they are undefined, and Jiang's reference code, which takes |gamma|,
+    would rank such a net as if it had a positive margin. ``norms``: the output of
+    ``norm_measures`` (at least log_prod_spec, log_prod_fro, path_norm), to reuse."""
+    if y_train.is_floating_point():
+        raise ValueError("margin measures need class labels (classification); got floating-point targets")
+    if norms is None:
+        per_layer = layer_norms(params.weights)
+        norms = {"log_prod_spec": per_layer["spectral"].square().log().sum(-1),
+                 "log_prod_fro": per_layer["frobenius"].square().log().sum(-1), "path_norm": path_norm(params)}
+    with torch.no_grad():
+        gamma = quantile_of(classification_margins(models.forward(params, x_train, nonlinear), y_train), percentile)
+    positive = gamma > 0
+    log_gamma2 = torch.where(positive, 2 * gamma.clamp_min(torch.finfo(gamma.dtype).tiny).log(), math.nan)
+    inverse = torch.where(positive, 1 / gamma.square(), math.nan)
+    return {
+        "margin": gamma,
+        "inverse_margin": inverse,
+        "log_spec_over_margin": norms["log_prod_spec"].to(gamma) - log_gamma2,
+        "log_fro_over_margin": norms["log_prod_fro"].to(gamma) - log_gamma2,
+        "path_norm_over_margin": norms["path_norm"].to(gamma) * inverse,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Perturbed nets (shared by the flatness measures)
+# ---------------------------------------------------------------------------------------
+
+def _rebuild(params: models.Params, tensors: list[Tensor]) -> models.Params:
+    depth = len(params.weights)
+    return models.Params(list(tensors[:depth]), list(tensors[depth:]) or None)
+
+
+def _member_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """Per member, the inner product of two parameter lists (``[F, ...]`` each), ``[F]``."""
+    return sum((x * y).flatten(1).sum(dim=1) for x, y in zip(a, b))
+
+
+def _shared_draws(tensors: list[Tensor], draws: int, generator: torch.Generator, uniform: bool = False) -> list[Tensor]:
+    """Per parameter tensor ``[F, *s]``, noise ``[draws, *s]`` shared by every member:
+    standard normal (or uniform on [-1, 1]), drawn in float64 on the CPU."""
+    out = []
+    for t in tensors:
+        shape = (draws, *t.shape[1:])
+        raw = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1 if uniform
+               else torch.randn(shape, generator=generator, dtype=torch.float64))
+        out.append(raw.to(device=t.device, dtype=t.dtype))
+    return out
+
+
+def _training_objective(params: models.Params, data: StackedData, nonlinear: bool, error: bool) -> Tensor:
+    """Per member ``[F]``: the training 0-1 error (``error`` and classification) or loss,
+    as ``train.member_losses`` defines them."""
+    out = models.forward(params, data.x_train, nonlinear)
+    if error and data.classification:
+        # member_losses' 0-1 error alone: its cross-entropy would double the cost here.
+        return (out.argmax(-1) != data.y_train).to(out.dtype).mean(1)
+    return member_losses(out, data.y_train, data.classification)[0]
+
+
+def _perturbed_mean(params: models.Params, data: StackedData, nonlinear: bool, noise: list[Tensor],
+                    scale: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per member ``[F]``: the training error (loss for regression) of w + u averaged over
+    the draws, u = scale(t) * z for each parameter tensor t and shared draw z. The draws
+    x members are one bigger stacked family, evaluated in chunks of draws that fit
+    ``PERTURBED_BUDGET``."""
+    tensors = params.tensors()
+    f, n, d_in = data.x_train.shape
+    per_draw = f * (sum(t[0].numel() for t in tensors) + n * (d_in + max(w.shape[1] for w in params.weights)))
+    chunk = max(1, PERTURBED_BUDGET // per_draw)
+    draws = noise[0].shape[0]
+    total = data.x_train.new_zeros(f)
+    for start in range(0, draws, chunk):
+        c = min(chunk, draws - start)
+        moved = [(t.unsqueeze(0) + scale(t).unsqueeze(0) * z[start:start + c].unsqueeze(1)).flatten(0, 1)
+                 for t, z in zip(tensors, noise)]
+        x = data.x_train.unsqueeze(0).expand(c, *data.x_train.shape).flatten(0, 1)
+        y = data.y_train.unsqueeze(0).expand(c, *data.y_train.shape).flatten(0, 1)
+        stacked = StackedData(x, y, x, y, data.classification)
+        total += _training_objective(_rebuild(params, moved), stacked, nonlinear, error=True).view(c, f).sum(0)
+    return total / draws
+
+
+# ---------------------------------------------------------------------------------------
+# PAC-Bayes flatness
+# ---------------------------------------------------------------------------------------
+
+def _noise_scale(sigma: Tensor, magnitude_eps: float | None) -> Callable[[Tensor], Tensor]:
+    """The standard deviation of the noise on each entry of a parameter tensor ``[F, ...]``:
+    sigma (isotropic) or sqrt(sigma^2 w^2 + eps^2) (magnitude-aware), sigma ``[F]``."""
+    if magnitude_eps is None:
+        return lambda t: _member_view(sigma, t)
+    return lambda t: (_member_view(sigma, t).square() * t.square() + magnitude_eps**2).sqrt()
+
+
+def _sigma_search(params: models.Params, data: StackedData, nonlinear: bool, noise: list[Tensor],
+                  baseline: Tensor, target: float, steps: int, sigma_range: tuple[float, float],
+                  magnitude_eps: float | None) -> Tensor:
+    """Bisection on log(sigma), every member in its own interval at once: the largest
+    tested sigma whose mean perturbed error (loss) deviates from ``baseline`` by at most
+    ``target``, or ``sigma_range[0]`` if none did (NaN for a member whose unperturbed
+    error is not finite). The draws are the same at every step, so the result is a
+    non-decreasing function of ``target``."""
+    f = baseline.shape[0]
+    lo = baseline.new_full((f,), math.log(sigma_range[0]))
+    hi = baseline.new_full((f,), math.log(sigma_range[1]))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        scale = _noise_scale(mid.exp(), magnitude_eps)
+        deviation = (_perturbed_mean(params, data, nonlinear, noise, scale) - baseline).abs()
+        within = deviation <= target
+        lo, hi = torch.where(within, mid, lo), torch.where(within, hi, mid)
+    return torch.where(torch.isfinite(baseline), lo.exp(), math.nan)
+
+
+def pacbayes(params: models.Params, init: models.Params, data: StackedData, nonlinear: bool, *,
+             generator: torch.Generator, target: float = PACBAYES_TARGET, draws: int = PACBAYES_DRAWS,
+             bisection_steps: int = PACBAYES_STEPS, magnitude_eps: float = MAGNITUDE_EPS,
+             sigma_range: tuple[float, float] = SIGMA_RANGE) -> dict[str, Tensor]:
+    """PAC-Bayes flatness measures of Jiang et al. 2020 (Appendix C; the sigma search as in
+    Dziugaite et al. 2020's reference code), each ``[F]``.
+
+    ``pacbayes_sigma`` is the largest sigma such that isotropic noise u ~ N(0, sigma^2 I)
+    on every parameter moves the training error (the loss for regression), averaged over
+    ``draws`` Monte Carlo draws, by at most ``target`` from the unperturbed one (Jiang:
+    accuracy deviation 0.1), found by ``bisection_steps`` steps of bisection on log sigma
+    within ``sigma_range`` (Jiang bisects sigma itself on [0, 2]; the log keeps the
+    relative precision the same for every net). With it, eq. 48 and eq. 53:
+
+        pacbayes_bound = ||w - w^0||_2^2 / (4 sigma^2) + log(m / sigma) + 10,
+        pacbayes_flatness = 1 / sigma^2.
+
+    The magnitude-aware variant draws u_i ~ N(0, sigma'^2 w_i^2 + eps^2) (eps =
+    ``magnitude_eps``) and gives ``pacbayes_mag_sigma`` sigma', ``pacbayes_mag_flatness``
+    1 / sigma'^2 (eq. 61) and, as the paper writes eq. 56,
+
+        pacbayes_mag_bound = 1/4 sum_i log((eps^2 + (sigma'^2 + 1) ||w - w^0||^2 / omega)
+                                           / (eps^2 + sigma'^2 (w_i - w_i^0)^2)) + log(m / sigma') + 10.
+
+    Both searches use the same draws z from ``generator`` (u = scale * z), shared by
+    every member; w runs over weights and biases."""
+    tensors, origin = params.tensors(), init.tensors()
+    with torch.no_grad():
+        baseline = _training_objective(params, data, nonlinear, error=True)
+        noise = _shared_draws(tensors, draws, generator)
+        sigma = _sigma_search(params, data, nonlinear, noise, baseline, target, bisection_steps, sigma_range, None)
+        mag_sigma = _sigma_search(params, data, nonlinear, noise, baseline, target, bisection_steps, sigma_range,
+                                  magnitude_eps)
+        m = data.x_train.shape[1]
+        gaps = [t - t0.to(t) for t, t0 in zip(tensors, origin)]
+        dist2 = _member_dot(gaps, gaps)
+        omega = sum(t[0].numel() for t in tensors)
+        eps2 = magnitude_eps**2
+        spread = eps2 + (mag_sigma.square() + 1) * dist2 / omega
+        log_ratio = sum((_member_view(spread, g) / (eps2 + _member_view(mag_sigma, g).square() * g.square()))
+                        .log().flatten(1).sum(1) for g in gaps)
+    return {
+        "pacbayes_sigma": sigma,
+        "pacbayes_bound": dist2 / (4 * sigma.square()) + (m / sigma).log() + 10,
+        "pacbayes_flatness": 1 / sigma.square(),
+        "pacbayes_mag_sigma": mag_sigma,
+        "pacbayes_mag_bound": log_ratio / 4 + (m / mag_sigma).log() + 10,
+        "pacbayes_mag_flatness": 1 / mag_sigma.square(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Sharpness and curvature
+# ---------------------------------------------------------------------------------------
+
+def sharpness(params: models.Params, data: StackedData, nonlinear: bool, *, generator: torch.Generator,
+              alpha: float = SHARPNESS_ALPHA, eps: float = MAGNITUDE_EPS, steps: int = SHARPNESS_STEPS) -> Tensor:
+    """Sharpness in the sense of Keskar et al. 2017 ("On large-batch training for deep
+    learning", Section 2.2), over Jiang et al. 2020's magnitude-aware box
+    (Appendix C: |u_i| <= alpha (|w_i| + eps)), ``[F]``: the largest rise of the training
+    loss found in the box,
+
+        max_{|u_i| <= alpha (|w_i| + eps)} L(w + u) - L(w)  >= 0,
+
+    an absolute rise (Keskar divides by 1 + L(w); Jiang reports the flatness variant
+    1 / alpha'^2, the alpha' at which the rise reaches a target, which costs a search).
+    The maximum is sought by ``steps`` steps of projected sign-gradient ascent (steepest
+    ascent for a box; each step moves every coordinate by 2.5 / steps of its radius, so
+    the iterates can cross the box) from a random point of the box (shared uniform draws
+    from ``generator``); the largest loss over every iterate and w itself is reported, so
+    alpha = 0 gives exactly 0. All members at once: the summed loss gives each member its
+    own gradient."""
+    tensors = [t.detach() for t in params.tensors()]
+    radius = [alpha * (t.abs() + eps) for t in tensors]
+    delta = [z[0].unsqueeze(0) * r for z, r in zip(_shared_draws(tensors, 1, generator, uniform=True), radius)]
+
+    def loss_at(shift: list[Tensor]) -> Tensor:
+        moved = [t + s for t, s in zip(tensors, shift)]
+        return _training_objective(_rebuild(params, moved), data, nonlinear, error=False)
+
+    with torch.no_grad():
+        base = loss_at([torch.zeros_like(t) for t in tensors])
+    best = base.clone()
+    for _ in range(steps):
+        delta = [d.requires_grad_(True) for d in delta]
+        loss = loss_at(delta)
+        grads = torch.autograd.grad(loss.sum(), delta)
+        best = torch.maximum(best, loss.detach())
+        with torch.no_grad():
+            delta = [torch.minimum(torch.maximum(d + 2.5 / steps * r * g.sign(), -r), r)
+                     for d, r, g in zip(delta, radius, grads)]
+    with torch.no_grad():
+        best = torch.maximum(best, loss_at(delta))
+    return best - base
+
+
+def _normalized(v: list[Tensor]) -> list[Tensor]:
+    norm = _member_dot(v, v).sqrt().clamp_min(torch.finfo(v[0].dtype).tiny)
+    return [t / _member_view(norm, t) for t in v]
+
+
+def hessian_top(params: models.Params, data: StackedData, nonlinear: bool, *, generator: torch.Generator,
+                iterations: int = HESSIAN_ITERATIONS) -> Tensor:
+    """The largest eigenvalue of the Hessian of the training loss (the reported loss: MSE,
+    or cross-entropy) with respect to every parameter, ``[F]``: the curvature that
+    sharpness approximates (Keskar et al. 2017, Section 2.2). Power iteration
+    on Hessian-vector products (autograd twice), ``iterations`` times from a random start
+    (shared normal draws from ``generator``), then the Rayleigh quotient v^T H v. The
+    summed loss of the family has a block-diagonal Hessian, so one product serves every
+    member. Power iteration finds the eigenvalue of largest magnitude; where that one is
+    negative, a second run on H - lambda I (lambda that eigenvalue) finds the largest."""
+    tensors = [t.detach().requires_grad_(True) for t in params.tensors()]
+    loss = _training_objective(_rebuild(params, tensors), data, nonlinear, error=False).sum()
+    grads = torch.autograd.grad(loss, tensors, create_graph=True)
+
+    def product(v: list[Tensor], shift: Tensor) -> list[Tensor]:
+        hv = torch.autograd.grad(grads, tensors, grad_outputs=v, retain_graph=True)
+        return [h.detach() - _member_view(shift, h) * x for h, x in zip(hv, v)]
+
+    start = _normalized([z[0].unsqueeze(0).expand_as(t).clone()
+                         for z, t in zip(_shared_draws(tensors, 1, generator), tensors)])
+
+    def power(shift: Tensor) -> Tensor:
+        v = start
+        for _ in range(iterations):
+            v = _normalized(product(v, shift))
+        return _member_dot(v, product(v, shift)) + shift
+
+    zero = loss.new_zeros(tensors[0].shape[0])
+    dominant = power(zero)
+    negative = dominant < 0
+    if bool(negative.any()):
+        dominant = torch.where(negative, power(torch.where(negative, dominant, 0.0)), dominant)
+    return dominant.detach()
