@@ -22,6 +22,8 @@ from theoryscope.storage.export import to_csv, to_json, write_text_atomic
 from theoryscope.storage.location import results_root, root_text
 from theoryscope.storage.parquet import write_atomic
 from theoryscope.storage.query import DEFAULT_TIMEOUT
+from theoryscope.sweeps.analyze import analyze as rank_measures
+from theoryscope.sweeps.analyze import ranked_view
 from theoryscope.sweeps.capacity import local_capacity
 from theoryscope.sweeps.dispatch import BackendName, sigint_ignored
 from theoryscope.sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
@@ -435,6 +437,32 @@ def report(
     with user_errors():
         made = build_report(results, name, out_dir or Path("reports") / name)
     out.print(f"{len(made.figures)} figures: {made.page}")
+
+
+@app.command(epilog="Examples: theoryscope analyze generalization-measures  ·  theoryscope analyze NAME "
+                     "--target test_error --measures log_prod_spec,compression_bound")
+def analyze(
+    name: Annotated[str, typer.Argument(help="The sweep to analyze.", show_default=False)],
+    results: Results = "results",
+    target: Annotated[str, typer.Option(
+        "--target", help="What the measures are ranked against: gen_gap, test_error or test_loss.")] = "gen_gap",
+    measures: Annotated[Optional[str], typer.Option(
+        "--measures", help="Comma-separated measures to rank (default: every one the sweep has).")] = None,
+    include_unfit: Annotated[bool, typer.Option(
+        "--include-unfit", help="Also rank runs that did not reach train.stop_train_loss.")] = False,
+) -> None:
+    """Rank the sweep's complexity measures by how well they predict the target.
+
+    Kendall's tau, the granulated Psi and the conditional mutual information of Jiang et
+    al. (2020), and Dziugaite et al.'s (2020) sign errors, into the rankings tables."""
+    with user_errors():
+        chosen = [m.strip() for m in measures.split(",") if m.strip()] if measures is not None else None
+        done = rank_measures(results, name, target, chosen, include_unfit)
+    left_out = f" ({done.runs.unfit} that did not reach train.stop_train_loss left out)" if done.runs.unfit else ""
+    out.print(f"sweep {name}: {len(done.runs.run_ids)} runs{left_out}, target {done.target.value}, swept axes "
+              f"{', '.join(done.runs.axes)}; written to rankings, rankings_axes, rankings_environments",
+              highlight=False)
+    out.print(ranked_view(done), highlight=False)
 
 
 @app.command(epilog="Example: theoryscope tables --results results")

@@ -37,7 +37,7 @@ from theoryscope.sweeps.load import load_spec
 from theoryscope.sweeps.plan import Capacity, OnPlanned, Plan, estimate_cost, fit_plan, pack_plan, planned_runs
 from theoryscope.sweeps.records import RunStatus
 from theoryscope.sweeps.spec import SweepSpec
-from theoryscope.sweeps.tables import TABLES
+from theoryscope.sweeps.tables import PER_SWEEP, TABLES
 from theoryscope.sweeps.weights import drop_unfinished_weights, plan_weights
 
 # Tables a family writes, plus its checkpoints; cleaned before a sweep runs.
@@ -172,7 +172,7 @@ def _drop_unfinished_families(results: ResultsLike, sweep: str) -> None:
             remove(family.mark)  # first: a crash from here on leaves files the loop below removes
     done = {f.mark.name for f in families if f.complete}
     for table in TABLES:
-        if table not in ("sweeps", "runs"):
+        if table != "runs" and table not in PER_SWEEP:
             for path in scan(results, table, sweep).complete:
                 if path.name not in done:
                     remove(path)

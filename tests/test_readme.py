@@ -104,6 +104,13 @@ SMALLER: dict[str, list[tuple[str, str]]] = {
         ('"data.condition" = [1.0, 30.0]', '"data.condition" = [30.0]'), ("steps = 8000", "steps = 1200"),
         ("target = 1e-5", "target = 1e-4"),
     ],
+    # Every axis the recipe and the ranking read keeps two values but width and batch size
+    # (32 nets); a looser stop that every net reaches within the shorter budget.
+    "generalization-measures": [
+        ("n_test = 1000", "n_test = 300"), ("steps = 4000", "steps = 1500"),
+        ("stop_train_loss = 0.01", "stop_train_loss = 0.05"), ("width = [32, 128]", "width = [32]"),
+        ('"train.batch_size" = [32, 128]', '"train.batch_size" = [128]'), ("max_samples = 256", "max_samples = 128"),
+    ],
 }
 
 
@@ -212,3 +219,19 @@ def test_the_acceleration_example_speeds_up_p_above_2_only(example_results):
         assert speedup[30.0, 6, depth] > speedup[30.0, 2, depth]
     for depth in (3, 4):
         assert min(speedup[30.0, 4, depth], speedup[30.0, 6, depth]) > 2 * speedup[30.0, 2, depth]
+
+
+@pytest.mark.slow
+def test_the_generalization_recipe_is_the_tau_that_analyze_writes(example_results):
+    """Jiang et al.'s Eq. 3 in SQL (the recipe) and `theoryscope analyze` agree on the
+    compression bound and the spectral-norm product, over the nets that reached the stop."""
+    from theoryscope.sweeps.analyze import analyze
+
+    done = analyze(example_results, "generalization-measures", measures=["compression_bound", "log_prod_spec"])
+    ranked = {r["measure"]: r for r in done.rankings.to_pylist()}
+    recipe = next(sql for sql in sql_blocks() if "compression_bound" in sql)
+    rows = run_query(example_results, recipe).to_pylist()
+    assert sorted(r["measure"] for r in rows) == ["compression_bound", "log_prod_spec"]
+    for row in rows:
+        assert row["runs"] == ranked[row["measure"]]["n_runs"] >= 16
+        assert abs(row["kendall_tau"] - ranked[row["measure"]]["kendall_tau"]) < 1e-3

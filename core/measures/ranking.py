@@ -97,26 +97,35 @@ def _mutual_information(table: np.ndarray) -> float:
     return float((joint[nonzero] * np.log2(joint[nonzero] / np.outer(pa, pb)[nonzero])).sum())
 
 
+def _codes(values: Sequence) -> np.ndarray:
+    """An integer code per run for its value (equal values, equal codes)."""
+    index: dict = {}
+    return np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
+
+
 def normalized_cmi(mu: np.ndarray, g: np.ndarray, axes: Axes, conditioning: Sequence[str]) -> float:
-    """Jiang et al.'s I(V_mu; V_g | U_S) / H(V_g | U_S): over ordered pairs of
-    runs with no tie on either side, V = the sign of the pair's difference and U_S the
-    pair's values (both runs') on the axes S; each cell of U_S weighted by its share of
-    the pairs. NaN when V_g carries no information (H = 0)."""
+    """Jiang et al.'s I(V_mu; V_g | U_S) / H(V_g | U_S): over ordered pairs of runs with
+    no tie on either side, V = the sign of the pair's difference and U_S the pair's
+    values (both runs') on the axes S; each cell of U_S weighted by its share of the
+    pairs. NaN when V_g carries no information (H = 0). Counted for every cell at once."""
     mu, g = np.asarray(mu, dtype=float), np.asarray(g, dtype=float)
     i, j = np.nonzero(~np.eye(len(mu), dtype=bool))
     v_mu, v_g = np.sign(mu[i] - mu[j]), np.sign(g[i] - g[j])
     keep = (v_mu != 0) & (v_g != 0)
     i, j, v_mu, v_g = i[keep], j[keep], v_mu[keep], v_g[keep]
-    cells: dict[tuple, np.ndarray] = {}
-    for k in range(len(i)):
-        key = tuple((axes[name][i[k]], axes[name][j[k]]) for name in conditioning)
-        table = cells.setdefault(key, np.zeros((2, 2)))
-        table[int(v_g[k] > 0), int(v_mu[k] > 0)] += 1
-    total = sum(t.sum() for t in cells.values())
-    if total == 0:
+    if len(i) == 0:
         return math.nan
-    information = sum(t.sum() / total * _mutual_information(t) for t in cells.values())
-    entropy = sum(t.sum() / total * _entropy(t.sum(axis=1)) for t in cells.values())
+    cell = np.zeros(len(i), dtype=np.int64)
+    for name in conditioning:  # the pair's (value of run i, value of run j) on each axis
+        codes = _codes(axes[name])
+        k = int(codes.max()) + 1
+        cell = (cell * k + codes[i]) * k + codes[j]
+    _, cell = np.unique(cell, return_inverse=True)
+    tables = np.zeros((cell.max() + 1, 2, 2))
+    np.add.at(tables, (cell, (v_g > 0).astype(int), (v_mu > 0).astype(int)), 1)
+    weight = tables.sum(axis=(1, 2)) / len(i)
+    information = sum(w * _mutual_information(t) for w, t in zip(weight, tables))
+    entropy = sum(w * _entropy(t.sum(axis=1)) for w, t in zip(weight, tables))
     return information / entropy if entropy > 0 else math.nan
 
 

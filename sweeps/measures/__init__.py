@@ -19,10 +19,11 @@ import pyarrow as pa
 
 from theoryscope.core.config import RunSpec
 from theoryscope.core.train import FamilyResult
-from theoryscope.sweeps.measures import cushions, overtraining, valleys
+from theoryscope.sweeps.measures import complexity, cushions, overtraining, valleys
 from theoryscope.sweeps.measures.base import Grid, Measure
 
-MEASURES: dict[str, Measure] = {m.name: m for m in (cushions.MEASURE, valleys.MEASURE, overtraining.MEASURE)}
+MEASURES: dict[str, Measure] = {m.name: m for m in (cushions.MEASURE, valleys.MEASURE, overtraining.MEASURE,
+                                                    complexity.MEASURE)}
 
 # The `[measure]` section: each measure with options is off unless named there (true, or
 # a table of its options).
