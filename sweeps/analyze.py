@@ -1,9 +1,9 @@
 """``theoryscope analyze``: which complexity measure ranks a sweep's nets by what they did.
 
 The rank statistics of Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic
-generalization measures and where to find them" (ICLR 2020, Section 4) and the robust
+generalization measures and where to find them" (ICLR 2020) and the robust
 sign errors of Dziugaite et al., "In search of robust measures of generalization"
-(NeurIPS 2020, Section 3), computed by ``core.measures.ranking`` for every measure of the
+(NeurIPS 2020), computed by ``core.measures.ranking`` for every measure of the
 ``complexity`` view (the ``[measure] complexity`` rows and, where ``[measure] cushions``
 ran, Arora et al.'s compression bound) at each run's final step, against a target of the
 ``runs`` table:
