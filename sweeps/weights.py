@@ -38,6 +38,7 @@ from theoryscope.storage.location import (
 from theoryscope.storage.parquet import partition_dir, scan
 from theoryscope.storage.tensors import NAMES, read_header, read_member, write_tensors
 from theoryscope.sweeps import measures
+from theoryscope.sweeps.plan import member_cost
 from theoryscope.sweeps.spec import KeepWeights, StoreSpec
 
 WEIGHTS = pa.schema([
@@ -83,9 +84,7 @@ def kept_steps(kept: Kept, measure: measures.MeasureSpec, run: RunSpec) -> list[
 
 def net_bytes(run: RunSpec) -> int:
     """Bytes of one net of ``run``, its weights and biases in the dtype it trains in."""
-    dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
-    params = sum(a * b for a, b in zip(dims[:-1], dims[1:])) + (sum(dims[1:]) if run.model.bias else 0)
-    return params * torch.empty((), dtype=DTYPES[run.train.dtype]).element_size()
+    return member_cost(run).params * torch.empty((), dtype=DTYPES[run.train.dtype]).element_size()
 
 
 def plan_weights(store: StoreSpec, measure: measures.MeasureSpec, runs: Sequence[RunSpec]) -> WeightsPlan:
