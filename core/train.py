@@ -156,8 +156,9 @@ class FamilyTraining:
     member's batch-order stream, the curves so far, which members are still active and
     when the others diverged or stopped (``train.stop_train_loss``: a member whose
     training loss reached it is frozen like a diverged one, its siblings carry on; once
-    every member is frozen the family ends, ``fast_forward``). ``state_dict``/``load_state_dict`` round-trip all of it, so
-    a family continued from a checkpoint computes exactly what it would have computed.
+    every member is frozen the family ends, ``fast_forward``). ``state_dict`` and
+    ``load_state_dict`` round-trip all of it, so a family continued from a checkpoint
+    computes exactly what it would have computed.
     """
 
     def __init__(self, runs: Sequence[RunSpec], device: torch.device, snapshot_steps: Sequence[int] = ()):
@@ -182,6 +183,7 @@ class FamilyTraining:
         self.diverged_step = torch.full((f,), -1, dtype=torch.long, device=device)
         self.stop = self.spec_train.stop_train_loss
         self.stopped_step = torch.full((f,), -1, dtype=torch.long, device=device)
+        self.stop_checked = False  # whether the last step checked the stops
         self.step = 0  # the next step to run
         self.elapsed = 0.0  # training seconds, summed over every attempt
         self.snapshot_steps = {s for s in snapshot_steps if s <= self.spec_train.steps}
@@ -241,7 +243,10 @@ class FamilyTraining:
             bad |= ~torch.isfinite(train_loss.detach())
         self.diverged_step = torch.where(self.active & bad, step, self.diverged_step)
         self.active &= ~bad
-        if self.stop and (self.full_batch or row is not None):  # the whole training set's loss is known
+        # Stops change only where the whole training set's loss is known: every step in
+        # full batch, the logged steps with minibatches; `all_frozen` reads the host there.
+        self.stop_checked = bool(self.stop) and (self.full_batch or row is not None)
+        if self.stop_checked:
             self._stop_reached(step, loss if self.full_batch else train_loss)
         if training:
             loss = loss * objective_scale(self.spec_train.objective, yb)
@@ -262,8 +267,9 @@ class FamilyTraining:
 
     @property
     def all_frozen(self) -> bool:
-        """Every member stopped or diverged (one host read), with stop_train_loss on."""
-        return bool(self.stop) and not bool(self.active.any())
+        """Every member stopped or diverged, with stop_train_loss on: one host read, only
+        after a step that checked the stops (a member diverged in between waits for it)."""
+        return self.stop_checked and not bool(self.active.any())
 
     def fast_forward(self) -> None:
         """End a family whose members are all frozen: what the remaining steps would log

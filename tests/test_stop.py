@@ -84,6 +84,17 @@ def test_a_family_ends_once_every_member_has_stopped(monkeypatch):
         torch.testing.assert_close(got.cpu(), want)
 
 
+def test_with_minibatches_a_family_ends_at_the_logged_step_where_the_last_member_stopped(monkeypatch):
+    runs = make_runs(dataclasses.replace(CLASSIFIER, train=dataclasses.replace(
+        CLASSIFIER.train, optimizer=Optimizer.SGD, batch_size=10, log_every=7, steps=700)), train__lr=[0.2, 0.5])
+    steps_run = []
+    original = FamilyTraining.run_step
+    monkeypatch.setattr(FamilyTraining, "run_step", lambda self: (steps_run.append(self.step), original(self))[1])
+    result = train_family(runs, CPU)
+    last = result.stopped_step.max()
+    assert (result.stopped_step >= 0).all() and last % 7 == 0 and steps_run == list(range(last + 1))
+
+
 def test_with_minibatches_the_stop_is_checked_at_logged_steps():
     runs, result = family(optimizer=Optimizer.SGD, batch_size=10, log_every=7)
     logged = set(result.steps.tolist())
