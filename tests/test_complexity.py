@@ -219,7 +219,8 @@ def test_pacbayes_sigma_is_monotone_in_the_target():
     init = make_params(11)
     sigmas, mags = [], []
     for target in (0.01, 0.05, 0.2, 1.0):
-        got = cx.pacbayes(params, init, data, True, generator=gen(0), target=target, draws=4, bisection_steps=10)
+        got = cx.pacbayes(params, init, data, True, generator=gen(0), target=target, tolerance=0.0, draws=4,
+                          bisection_steps=10)
         sigmas.append(got["pacbayes_sigma"])
         mags.append(got["pacbayes_mag_sigma"])
     for lower, higher in zip(sigmas, sigmas[1:]):
@@ -256,8 +257,8 @@ def test_pacbayes_sigma_meets_the_target_up_to_monte_carlo_error():
     params = models.Params([w + d for w, d in zip(teacher.weights, noise.weights)],
                            [b + 0.1 * d for b, d in zip(teacher.biases, noise.biases)])
     target, draws, checks = 0.05, 64, 400
-    got = cx.pacbayes(params, make_params(13), data, True, generator=gen(1), target=target, draws=draws,
-                      bisection_steps=14)
+    got = cx.pacbayes(params, make_params(13), data, True, generator=gen(1), target=target, tolerance=0.0,
+                      draws=draws, bisection_steps=14)
     for key, eps in (("pacbayes_sigma", None), ("pacbayes_mag_sigma", cx.MAGNITUDE_EPS)):
         mean, sd = fresh_deviation(params, data, got[key], checks, seed=2, magnitude_eps=eps)
         error = 3 * sd * (1 / math.sqrt(draws) + 1 / math.sqrt(checks))
@@ -272,19 +273,47 @@ def test_pacbayes_sigma_keeps_the_classification_error_within_the_target_on_its_
     data = StackedData(data.x_train, models.forward(params, data.x_train, True).argmax(-1), data.x_test,
                        data.y_test, True)  # labels the student fits: error 0 unperturbed
     target, draws = 0.1, 6
-    got = cx.pacbayes(params, make_params(27), data, True, generator=gen(5), target=target, draws=draws,
-                      bisection_steps=12)
-    g = gen(5)
-    noise = [torch.randn((draws, *t.shape[1:]), generator=g, dtype=D) for t in params.tensors()]
+    got = cx.pacbayes(params, make_params(27), data, True, generator=gen(5), target=target, tolerance=0.0,
+                      draws=draws, bisection_steps=12)
     for factor, within in ((1.0, True), (2.0, False)):
-        sigma = factor * got["pacbayes_sigma"]
-        errors = []
-        for k in range(draws):
-            moved = [t + sigma.view(-1, *([1] * (t.dim() - 1))) * z[k] for t, z in zip(params.tensors(), noise)]
-            out = models.forward(rebuild(params, moved), data.x_train, True)
-            errors.append(member_losses(out, data.y_train, True)[1])
-        deviation = torch.stack(errors).mean(0)
+        deviation = error_on_draws(params, data, factor * got["pacbayes_sigma"], draws, seed=5)
         assert ((deviation <= target) == within).all(), (factor, deviation)
+
+
+def error_on_draws(params, data, sigma, draws, seed):
+    """The mean 0-1 error over the search's own draws (standard normal, float64, drawn
+    per parameter tensor in order, shared by the members) scaled by sigma, by a loop."""
+    g = gen(seed)
+    noise = [torch.randn((draws, *t.shape[1:]), generator=g, dtype=D) for t in params.tensors()]
+    errors = []
+    for k in range(draws):
+        moved = [t + sigma.view(-1, *([1] * (t.dim() - 1))) * z[k] for t, z in zip(params.tensors(), noise)]
+        errors.append(member_losses(models.forward(rebuild(params, moved), data.x_train, True), data.y_train, True)[1])
+    return torch.stack(errors).mean(0)
+
+
+def test_the_search_ends_at_a_sigma_within_the_tolerance_and_evaluates_only_the_members_still_searching(
+        monkeypatch):
+    """Dziugaite et al.'s reference code ends the search once the deviation is within
+    the tolerance of the target: a member's sigma is then such a sigma on the search's
+    draws, or, if no step came that close, the full bisection's; and the members that
+    are done are no longer evaluated."""
+    params, data = make_params(26, f=6), make_data(26, f=6, n=60)
+    data = StackedData(data.x_train, models.forward(params, data.x_train, True).argmax(-1), data.x_test,
+                       data.y_test, True)
+    target, tolerance, draws, steps = 0.1, 0.03, 6, 12
+    evaluated = []
+    original = cx._perturbed_mean
+    monkeypatch.setattr(cx, "_perturbed_mean",
+                        lambda p, *rest: (evaluated.append(p.weights[0].shape[0]), original(p, *rest))[1])
+    early = cx.pacbayes(params, make_params(27, f=6), data, True, generator=gen(5), target=target,
+                        tolerance=tolerance, draws=draws, bisection_steps=steps)["pacbayes_sigma"]
+    assert sum(evaluated) < 2 * steps * 6 and evaluated[0] == 6  # two searches, fewer members later
+    full = cx.pacbayes(params, make_params(27, f=6), data, True, generator=gen(5), target=target, tolerance=0.0,
+                       draws=draws, bisection_steps=steps)["pacbayes_sigma"]
+    close = (error_on_draws(params, data, early, draws, seed=5) - target).abs() < tolerance
+    assert close.any()
+    assert torch.equal(early[~close], full[~close])
 
 
 def test_pacbayes_bounds_are_the_formulas_written_out():
@@ -366,6 +395,19 @@ def test_hessian_top_is_the_full_hessians_largest_eigenvalue(classification, non
         eig = full_hessian_eigenvalues(params, data, f, nonlinear)
         assert eig[-2].abs() < 0.97 * eig[-1].abs()  # a gap, so that 400 iterations converge
         assert got[f].item() == pytest.approx(eig[-1].item(), rel=1e-3)
+
+
+def test_the_default_lanczos_steps_give_the_largest_eigenvalue_to_1e_3():
+    """HESSIAN_ITERATIONS products, where power iteration would need hundreds at these
+    gaps (second to largest eigenvalue up to 0.96)."""
+    dims = [6, 10, 3]
+    for seed in range(5):
+        params, data = make_params(seed, f=2, dims=dims), make_data(seed, f=2, n=30, dims=dims)
+        got = cx.hessian_top(params, data, True, generator=gen(7))
+        for f in range(2):
+            eig = full_hessian_eigenvalues(params, data, f, True)
+            assert got[f].item() == pytest.approx(eig[-1].item(), rel=1e-3)
+            assert got[f].item() <= eig[-1].item() * (1 + 1e-9)  # a Ritz value: never above it
 
 
 def test_hessian_top_finds_the_largest_eigenvalue_when_a_negative_one_dominates():

@@ -103,9 +103,9 @@ def test_the_long_table_has_a_row_per_run_step_and_measure_with_its_settings(mea
                                          "WHERE sweep = 'stacked'")[0]["s"])
     assert settings["at"] == [10] and settings["measures"] == list(MEASURE_NAMES)
     assert settings["margin_percentile"] == 10.0
-    assert settings["perturbation"] == {"target": 0.1, "draws": 4, "bisection_steps": 8, "sigma_range": [1e-5, 10.0],
-                                        "magnitude_eps": 1e-3, "sharpness_alpha": 0.05, "sharpness_steps": 10,
-                                        "hessian_iterations": 30, "seed": 0}
+    assert settings["perturbation"] == {"target": 0.1, "tolerance": 0.01, "draws": 4, "bisection_steps": 8,
+                                        "sigma_range": [1e-5, 10.0], "magnitude_eps": 1e-3, "sharpness_alpha": 0.05,
+                                        "sharpness_steps": 10, "hessian_iterations": 30, "seed": 0}
     regression = rows(measured, "SELECT any_value(settings) AS s FROM complexity WHERE sweep = 'regression'")[0]["s"]
     assert json.loads(regression)["measures"] == [n for n in MEASURE_NAMES if n not in MARGINS]
 
@@ -189,6 +189,8 @@ def test_a_subset_of_measures_writes_only_those(tmp_path):
     ("{ perturbation = { draws = 0 } }", "measure.complexity.perturbation.draws: expected an integer >= 1"),
     ("{ perturbation = { sigma_range = [1.0, 0.1] } }",
      "measure.complexity.perturbation.sigma_range: expected [low, high] with 0 < low < high"),
+    ("{ perturbation = { tolerance = 0.2 } }",
+     "measure.complexity.perturbation.tolerance: expected a number >= 0 and below target"),
     ("{ perturbation = { noise = 1 } }", "measure.complexity.perturbation.noise: unknown key"),
     ("{ steps = [1] }", "measure.complexity.steps: unknown key"),
 ])

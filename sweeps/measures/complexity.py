@@ -60,8 +60,10 @@ class PerturbationSpec:
 
     # PAC-Bayes sigma: the largest noise whose mean training error (loss for regression)
     # deviates by at most `target` (Jiang: 0.1 of accuracy), over `draws` Monte Carlo draws,
-    # by `bisection_steps` of bisection on log sigma within `sigma_range`.
+    # by `bisection_steps` of bisection on log sigma within `sigma_range`, ending at a sigma
+    # whose deviation is within `tolerance` of the target (0: every step is taken).
     target: float = jiang.PACBAYES_TARGET
+    tolerance: float = jiang.PACBAYES_TOLERANCE
     draws: int = jiang.PACBAYES_DRAWS
     bisection_steps: int = jiang.PACBAYES_STEPS
     sigma_range: tuple[float, ...] = jiang.SIGMA_RANGE
@@ -70,13 +72,15 @@ class PerturbationSpec:
     # Sharpness: the box radius alpha (|w| + eps) and the projected ascent steps in it.
     sharpness_alpha: float = jiang.SHARPNESS_ALPHA
     sharpness_steps: int = jiang.SHARPNESS_STEPS
-    # Power iterations of the Hessian's top eigenvalue.
+    # Lanczos steps (Hessian-vector products) of the Hessian's top eigenvalue.
     hessian_iterations: int = jiang.HESSIAN_ITERATIONS
     # Seed of every draw (shared by the members of a family: common random numbers).
     seed: int = 0
 
     def __post_init__(self) -> None:
         require(is_finite(self.target) and self.target > 0, "target", "a number > 0", self.target)
+        require(is_finite(self.tolerance) and 0 <= self.tolerance < self.target, "tolerance",
+                "a number >= 0 and below target", self.tolerance)
         for name in ("draws", "bisection_steps", "sharpness_steps", "hessian_iterations"):
             require(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
         low_high = self.sigma_range
@@ -230,14 +234,15 @@ def measure_step(opts: ComplexitySpec, names: Sequence[str], params: models.Para
         out |= jiang.margin_measures(params, data.x_train, data.y_train, nonlinear, opts.margin_percentile, out)
     if wanted & set(PACBAYES):
         out |= jiang.pacbayes(params, init, data, nonlinear, generator=generator(p.seed, "pacbayes"),
-                                 target=p.target, draws=p.draws, bisection_steps=p.bisection_steps,
-                                 magnitude_eps=p.magnitude_eps, sigma_range=tuple(p.sigma_range))
+                              target=p.target, tolerance=p.tolerance, draws=p.draws,
+                              bisection_steps=p.bisection_steps, magnitude_eps=p.magnitude_eps,
+                              sigma_range=tuple(p.sigma_range))
     if "sharpness" in wanted:
         out["sharpness"] = jiang.sharpness(params, data, nonlinear, generator=generator(p.seed, "sharpness"),
-                                              alpha=p.sharpness_alpha, eps=p.magnitude_eps, steps=p.sharpness_steps)
+                                           alpha=p.sharpness_alpha, eps=p.magnitude_eps, steps=p.sharpness_steps)
     if "hessian_top" in wanted:
         out["hessian_top"] = jiang.hessian_top(params, data, nonlinear, generator=generator(p.seed, "hessian"),
-                                                  iterations=p.hessian_iterations)
+                                               iterations=p.hessian_iterations)
     return {name: out[name] for name in names}
 
 
