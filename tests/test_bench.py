@@ -1,7 +1,10 @@
 """The benchmark's baselines train the same nets as theoryscope: same data, same
-initial weights, same final losses (to float32 rounding)."""
+initial weights, same final losses (to float32 rounding); the complexity benchmark
+measures what a launch measures."""
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import pytest
@@ -9,10 +12,12 @@ import torch
 
 from bench.baselines import timed, train_one
 from bench.compare import sample, worst_difference
+from bench.complexity_cost import GROUPS, family_runs, measure
 from bench.workloads import workload
 from helpers import SMALL_SPEC
 from theoryscope.core.train import train_family
 from theoryscope.sweeps.load import parse_spec
+from theoryscope.sweeps.measures.complexity import MEASURE_NAMES
 from theoryscope.sweeps.plan import plan_sweep
 
 
@@ -40,3 +45,15 @@ def test_workloads_and_samples():
     picked = sample(tiny, 4)
     assert [tiny.runs.index(r) for r in picked] == [0, 682, 1365, 2047]
     assert worst_difference({"a": 1.0, "b": 2.0}, {"a": 1.1, "c": 5.0}) == pytest.approx(0.1)
+
+
+def test_the_complexity_cost_benchmark_trains_its_family_to_the_stop_and_measures_every_measure():
+    args = argparse.Namespace(members=4, depth=2, width=8, n_train=60, batch_size=20, steps=400)
+    runs = family_runs(args)
+    assert [r.train.lr for r in runs] == [0.02, 0.05] * 2 and [r.seed for r in runs] == [0, 0, 1, 1]
+    assert all(r.train.stop_train_loss == 0.01 and r.model.width == 8 for r in runs)
+    result = train_family(runs, torch.device("cpu"), snapshot_steps=(400,))
+    total, parts = measure(runs, result, draws=2, groups=True)
+    assert total > 0 and set(parts) == {"init", "norms", "margins", "pacbayes", "sharpness", "hessian_top"}
+    grouped = {name for names in GROUPS.values() for name in names}
+    assert grouped == set(MEASURE_NAMES)  # every measure is in a timed group
