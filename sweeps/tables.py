@@ -23,7 +23,7 @@ from theoryscope.storage.query import DEFAULT_TIMEOUT, Views
 from theoryscope.storage.schemas import SPINE
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.figures import SPINE_FIGURES, Figure
-from theoryscope.sweeps.measures import MEASURES, complexity
+from theoryscope.sweeps.measures import MEASURES
 from theoryscope.sweeps.weights import WEIGHTS
 
 _PARTS = (*MEASURES.values(), *EXPERIMENTS.values())
@@ -34,15 +34,12 @@ TABLES: dict[str, pa.Schema] = {**SPINE, "weights": WEIGHTS,
 
 # Tables written once per sweep (``rankings*``: per sweep and target, by ``theoryscope
 # analyze``), not once per family: launch keeps their files whatever families it reruns.
-PER_SWEEP: frozenset[str] = frozenset({"sweeps", *complexity.PER_SWEEP})
+PER_SWEEP: frozenset[str] = frozenset({"sweeps", *(name for m in MEASURES.values() for name in m.per_sweep)})
 
 VIEWS = Views(
     tables=TABLES,
     derived={name: sql for part in _PARTS for name, sql in part.derived.items()},
-    # `complexity` also shows the compression bound that `bounds` holds (views are made in
-    # TABLES order: `bounds` comes first).
-    enriched={**{name: sql for kind in EXPERIMENTS.values() for name, sql in kind.enriched.items()},
-              "complexity": complexity.WITH_COMPRESSION},
+    enriched={name: sql for part in _PARTS for name, sql in part.enriched.items()},
 )
 
 # The canonical figures, in the order a report shows them.

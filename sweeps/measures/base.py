@@ -50,8 +50,11 @@ class Measure:
     ends of a pair); None: any packing will do.
     ``rows(options, sweep, runs, result)``: its tables' rows for one trained family,
     computed stacked over the family's members.
-    ``derived``: views computed from the other views (name -> SQL); ``figures``: what a
-    report draws of it.
+    ``derived``: views computed from the other views (name -> SQL); ``enriched``: tables
+    whose view wraps the files' rows (``{stored}`` in the SQL) with what other views made
+    before it add; ``per_sweep``: its tables written once per sweep,
+    not per family (a launch keeps their files whatever families it reruns);
+    ``figures``: what a report draws of it.
     """
 
     name: str
@@ -62,4 +65,6 @@ class Measure:
     together: Callable[[Any, RunSpec], str] | None = None
     rows: Rows | None = None
     derived: Mapping[str, str] = field(default_factory=dict)
+    enriched: Mapping[str, str] = field(default_factory=dict)
+    per_sweep: frozenset[str] = frozenset()
     figures: tuple[Figure, ...] = ()

@@ -189,7 +189,7 @@ RANKINGS_ENVIRONMENTS = pa.schema([
     ("sign_error", pa.float64()),     # over every pairing of their runs (their seeds)
 ])
 # Tables written once per sweep (and target), not once per family.
-PER_SWEEP = ("rankings", "rankings_axes", "rankings_environments")
+PER_SWEEP = frozenset({"rankings", "rankings_axes", "rankings_environments"})
 
 # The view of `complexity`: its rows, and for the runs it measured Arora et al.'s q and
 # bound from `bounds` (``[measure] cushions``), as two more measures.
@@ -350,6 +350,9 @@ MEASURE = Measure(
             "rankings_environments": RANKINGS_ENVIRONMENTS},
     snapshot_steps=snapshot_steps,
     rows=complexity_table,
+    # Views are made in registry order: cushions' `bounds` comes before this one.
+    enriched={"complexity": WITH_COMPRESSION},
+    per_sweep=PER_SWEEP,
     figures=(
         Figure("rankings-tau", "Which measure ranks the nets: Kendall τ per swept axis",
                "SELECT a.target, a.measure, a.axis, a.tau, r.granulated_psi, r.kendall_tau FROM rankings_axes a "
