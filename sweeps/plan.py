@@ -10,6 +10,7 @@ label noise, data seed, lr, momentum, ...) may differ between members.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from theoryscope.core import datasets
-from theoryscope.core.config import FieldError, RunSpec
+from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec
 from theoryscope.core.data import check_table_rows
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.errors import DoesNotFit, SpecError
@@ -284,7 +285,13 @@ class MemberCost:
 def member_cost(run: RunSpec) -> MemberCost:
     """Matmul FLOPs (forward 2 n P, training step 3x forward, plus the logged
     evaluations) and resident bytes (data, parameters, gradients, optimizer state,
-    activations) of one member."""
+    activations) of one member: the same for runs that differ only in their seed."""
+    return _member_cost(run.experiment, run.data, run.model, run.train)
+
+
+@functools.lru_cache(maxsize=4096)
+def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train: TrainSpec) -> MemberCost:
+    run = RunSpec(experiment, data, model, train)
     d, t = run.data, run.train
     dims = run.model.layer_dims(input_width(d), d.n_outputs)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
-from theoryscope.core.config import DataKind, DataSpec, ModelSpec, Optimizer, TrainSpec
+from theoryscope.core.config import DataKind, DataSpec, Experiment, ModelSpec, Optimizer, RunSpec, TrainSpec
 from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.load import load_spec, parse_spec
 from theoryscope.sweeps.spec import ResourceSpec
@@ -146,3 +149,16 @@ def test_binary_file(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SpecError, match="UTF-8"):
         load_spec(path)
+
+
+def test_a_run_id_tells_apart_sections_that_compare_equal_but_print_apart():
+    """1 == 1.0, but a config that says 1 is not the config that says 1.0: the cached
+    section configs behind run_id must not hand one the other's JSON."""
+    base = RunSpec(Experiment.TRAIN, DataSpec(), ModelSpec(), TrainSpec())
+    as_float = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=1.0))
+    as_int = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=1))
+    assert as_float.train == as_int.train
+    assert '"lr":1.0' in as_float.canonical_json() and '"lr":1,' in as_int.canonical_json()
+    assert as_float.run_id != as_int.run_id
+    for run in (as_float, as_int, base):  # the cached text is json.dumps of the whole config
+        assert run.canonical_json() == json.dumps(run.to_config(), sort_keys=True, separators=(",", ":"))

@@ -158,20 +158,32 @@ class RunSpec:
         }
         return only_if
 
+    @functools.cached_property
+    def _excluded(self) -> dict[str, frozenset[str]]:
+        """Per section, its fields that cannot affect this run."""
+        return _excluded_fields(tuple(self._conditional_fields.items()))
+
+    def _sections(self) -> dict[str, tuple[dict[str, Any], str]]:
+        """Per section, its config and that config's canonical JSON."""
+        return {name: _section_config(getattr(self, name), _value_types(getattr(self, name)), self._excluded[name])
+                for name in RUN_SECTIONS}
+
     def to_config(self) -> dict[str, Any]:
         """The run as plain JSON values, fields that cannot affect it left out; its
         canonical form defines ``run_id``."""
         config: dict[str, Any] = {"experiment": self.experiment.value}
-        for section in RUN_SECTIONS:
-            values = section_to_dict(getattr(self, section))
-            config[section] = {k: v for k, v in values.items()
-                               if self.applies(section, k) and not omitted(getattr(self, section), k)}
+        for name, (values, _) in self._sections().items():
+            config[name] = dict(values)
         config["seed"] = self.seed
         return config
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"),
-                          allow_nan=False)
+        """``json.dumps(to_config(), sort_keys=True, separators=(",", ":"))``, put
+        together from each section's cached JSON (JSON nests: a value's text is the same
+        alone and inside the whole)."""
+        parts = {name: text for name, (_, text) in self._sections().items()}
+        parts |= {"experiment": _dumps(self.experiment.value), "seed": _dumps(self.seed)}
+        return "{" + ",".join(f'"{key}":{parts[key]}' for key in _TOP_KEYS) + "}"  # plain names: no escapes
 
     @functools.cached_property
     def run_id(self) -> str:
@@ -180,10 +192,30 @@ class RunSpec:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
+# The top-level keys of a run's config, in sorted order.
+_TOP_KEYS = tuple(sorted({*RUN_SECTIONS, "experiment", "seed"}))
 
-def check_needs(needs: list[tuple[str, bool, str, Any]], experiment: Experiment) -> None:
-    """Raise for the first (field, ok, expected, got) an experiment needs that is not ok."""
-    for name, ok, expected, got in needs:
-        if not ok:
-            raise FieldError(name, f'{expected} for experiment = "{experiment.value}"', got)
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@functools.lru_cache(maxsize=1024)
+def _excluded_fields(conditional: tuple[tuple[tuple[str, str], bool], ...]) -> dict[str, frozenset[str]]:
+    return {name: frozenset(k for (s, k), on in conditional if s == name and not on) for name in RUN_SECTIONS}
+
+
+def _value_types(section: Any) -> tuple:
+    """The types of a section's values (and of the items of its tuples): sections that
+    compare equal may still differ in them (1 == 1.0), and JSON writes them apart."""
+    return tuple(tuple(map(type, v)) if isinstance(v, tuple) else type(v) for v in vars(section).values())
+
+
+@functools.lru_cache(maxsize=65536)
+def _section_config(section: Any, types: tuple, excluded: frozenset[str]) -> tuple[dict[str, Any], str]:
+    """A section's config (its hashed fields, less the ``excluded`` ones that cannot
+    affect the run and the ``omit_default`` ones at their default) and its canonical
+    JSON. Cached: the runs of a grid share most of their sections (10^5 seeds: one each),
+    and sections are frozen, so equal ones of the same ``types`` give the same config."""
+    values = {k: v for k, v in section_to_dict(section).items() if k not in excluded and not omitted(section, k)}
+    return values, _dumps(values)
