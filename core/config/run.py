@@ -219,3 +219,11 @@ def _section_config(section: Any, types: tuple, excluded: frozenset[str]) -> tup
     and sections are frozen, so equal ones of the same ``types`` give the same config."""
     values = {k: v for k, v in section_to_dict(section).items() if k not in excluded and not omitted(section, k)}
     return values, _dumps(values)
+
+
+def check_needs(needs: list[tuple[str, bool, str, Any]], experiment: Experiment) -> None:
+    """Raise for the first (field, ok, expected, got) an experiment needs that is not ok."""
+    for name, ok, expected, got in needs:
+        if not ok:
+            raise FieldError(name, f'{expected} for experiment = "{experiment.value}"', got)
+
