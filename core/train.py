@@ -78,7 +78,10 @@ class StackedData:
 
 
 def stack_data(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> StackedData:
-    """Each member's data set, stacked; members with the same data spec share one draw."""
+    """Each member's data set, stacked; members with the same data spec share one draw.
+    Inputs that are the same for every member (one draw, whatever the labels: label
+    noise changes only those) are one copy, expanded over the members (a stride-0 view,
+    which ``torch.bmm`` reads as fast as a stacked copy)."""
     cache: dict = {}
     sets: list[Dataset] = []
     for run in runs:
@@ -88,8 +91,14 @@ def stack_data(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device
     classification = sets[0].classification
 
     def stack(name: str, labels: bool) -> torch.Tensor:
-        t = torch.stack([getattr(s, name) for s in sets])
-        return t.to(device) if labels and classification else t.to(device=device, dtype=dtype)
+        tensors = [getattr(s, name) for s in sets]
+        if labels:
+            t = torch.stack(tensors)
+            return t.to(device) if classification else t.to(device=device, dtype=dtype)
+        first = tensors[0]
+        if all(t is first or torch.equal(t, first) for t in tensors[1:]):
+            return first.to(device=device, dtype=dtype).unsqueeze(0).expand(len(tensors), *first.shape)
+        return torch.stack(tensors).to(device=device, dtype=dtype)
 
     return StackedData(stack("x_train", False), stack("y_train", True),
                        stack("x_test", False), stack("y_test", True), classification)

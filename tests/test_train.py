@@ -157,3 +157,59 @@ def test_gaussian_init_std_and_zero_biases():
 def test_zero_init_scale_gives_zero_weights():  # allowed at depth 1
     params = init_member(ModelSpec(kind=ModelKind.LINEAR, depth=1, init_scale=0.0), [5, 1], seed=0)
     assert (params.weights[0] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs shared by the members
+# ---------------------------------------------------------------------------------------
+
+def shared_family():
+    """Seeds and label noise over one data draw: every member sees the same inputs."""
+    base = base_run(DataSpec(n_train=24, n_test=16, input_dim=5), ModelSpec(depth=3, width=7),
+                    TrainSpec(lr=0.05, steps=12, log_every=4))
+    return make_runs(base, seed=[0, 1, 2], data__label_noise=[0.0, 0.5])
+
+
+def test_members_on_one_draw_keep_one_copy_of_the_inputs():
+    from theoryscope.core.train import stack_data
+
+    runs = shared_family()
+    data = stack_data(runs, torch.float64, CPU)
+    for x, n in ((data.x_train, 24), (data.x_test, 16)):
+        assert x.shape == (6, n, 5) and x.stride(0) == 0
+        assert x.untyped_storage().nbytes() <= (24 + 16) * 5 * 8  # at most the one draw, not six copies
+    assert data.y_train.shape[0] == 6 and not torch.equal(data.y_train[0], data.y_train[1])  # labels: per member
+    other = stack_data(make_runs(runs[0], data__seed=[0, 1]), torch.float64, CPU)
+    assert other.x_train.stride(0) != 0  # two draws: stacked
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_family_on_one_expanded_input_computes_what_it_computes_on_copies(bias):
+    """Outputs and gradients of every layer on a stride-0 view of one input against the
+    same input copied for every member."""
+    from theoryscope.core import models
+
+    g = torch.Generator().manual_seed(3)
+    dims, f = [5, 7, 6, 3], 4
+    weights = [torch.randn(f, o, i, generator=g, dtype=torch.float64, requires_grad=True)
+               for i, o in zip(dims, dims[1:])]
+    biases = [torch.randn(f, o, generator=g, dtype=torch.float64, requires_grad=True) for o in dims[1:]] if bias \
+        else None
+    x = torch.randn(1, 9, 5, generator=g, dtype=torch.float64)
+    params = models.Params(weights, biases)
+    shared = models.forward(params, x.expand(f, -1, -1), True)
+    copied = models.forward(params, x.repeat(f, 1, 1), True)
+    torch.testing.assert_close(shared, copied, rtol=1e-13, atol=1e-13)
+    got = torch.autograd.grad(shared.square().sum(), params.tensors())
+    want = torch.autograd.grad(copied.square().sum(), params.tensors())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_family_on_shared_inputs_trains_each_member_as_it_trains_alone():
+    runs = shared_family()
+    family = train_family(runs, CPU)
+    for f, run in enumerate(runs):
+        alone = train_family([run], CPU)
+        np.testing.assert_allclose(family.train_loss[:, f], alone.train_loss[:, 0], rtol=1e-10)
+        np.testing.assert_allclose(family.test_loss[:, f], alone.test_loss[:, 0], rtol=1e-10)
