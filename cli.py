@@ -23,10 +23,9 @@ from theoryscope.storage.location import results_root, root_text
 from theoryscope.storage.parquet import write_atomic
 from theoryscope.storage.query import DEFAULT_TIMEOUT
 from theoryscope.sweeps.analyze import analyze as rank_measures
-from theoryscope.sweeps.analyze import ranked_view
 from theoryscope.sweeps.capacity import local_capacity
 from theoryscope.sweeps.dispatch import BackendName, sigint_ignored
-from theoryscope.sweeps.display import arrow_view, as_text, plan_view, status_view, summary_view
+from theoryscope.sweeps.display import arrow_view, as_text, plan_view, ranked_view, status_view, summary_view
 from theoryscope.sweeps.execute import FamilyOutcome
 from theoryscope.sweeps.launch import LaunchEvents, LaunchSummary, resume_sweep, run_sweep
 from theoryscope.sweeps.load import check_name, load_spec

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from rich import box
-from rich.table import Table
 
 from theoryscope.core.config import Choice
 from theoryscope.core.errors import TheoryscopeError
@@ -224,25 +222,3 @@ def analyze(results: ResultsLike, sweep: str, target: str | Target = Target.GEN_
         write_atomic(table, table_path(results, name, sweep, target.value))
     return Analysis(sweep, target, Ranked(runs.run_ids, runs.target, varying, runs.unfit), tables["rankings"],
                     tables["rankings_axes"], tables["rankings_environments"])
-
-
-def ranked_view(analysis: Analysis) -> Table:
-    """The ``rankings`` rows for the terminal, best tau first (undefined last)."""
-    def shown(v):
-        return "—" if v is None else f"{v:.2f}"
-
-    view = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
-                 caption="τ over all pairs of runs, its 95 % bootstrap interval, Ψ granulated, K conditional "
-                         "mutual information (Jiang et al. 2020); sign error over envs environments, mean and "
-                         "worst (Dziugaite et al. 2020)")
-    view.add_column("measure", no_wrap=True)
-    for name, width in (("runs", 4), ("τ", 5), ("τ 95%", 12), ("Ψ", 5), ("K", 4), ("envs", 4), ("sign", 4),
-                        ("worst", 5)):
-        view.add_column(name, justify="right", no_wrap=True, min_width=width)
-    ranked = sorted(analysis.rankings.to_pylist(), reverse=True,
-                    key=lambda r: -math.inf if r["kendall_tau"] is None else r["kendall_tau"])
-    for r in ranked:
-        interval = "—" if r["tau_low"] is None else f"{r['tau_low']:.2f}..{r['tau_high']:.2f}"
-        view.add_row(r["measure"], str(r["n_runs"]), shown(r["kendall_tau"]), interval, shown(r["granulated_psi"]),
-                     shown(r["cmi"]), str(r["environments"]), shown(r["sign_error_mean"]), shown(r["sign_error_max"]))
-    return view

@@ -168,7 +168,7 @@ def test_the_compression_options_check_themselves():
     with pytest.raises(SpecError, match=r"measure\.cushions\.compression_k: a list of 2 integers .* needs every net "
                                         r"to have depth 2, but \[grid\] sweeps depth over \[1, 3\]"):
         spec_with("compression_k = [8, 8]")
-    unswept = f'name = "c"\n[model]\nwidth = 4\ndepth = 3\n[grid]\nseed = [0, 1]\n[measure]\ncushions = {{ compression_k = [8, 8] }}'
+    unswept = 'name = "c"\n[model]\nwidth = 4\ndepth = 3\n[grid]\nseed = [0, 1]\n[measure]\ncushions = { compression_k = [8, 8] }'
     with pytest.raises(SpecError, match=r"compression_k: a list of 2 integers .* but model\.depth is 3"):
         parse_spec(unswept)
     assert parse_spec(unswept.replace("[8, 8]", "[8, 8, 8]")).measure.cushions.compression(3).k == (8, 8, 8)
