@@ -293,3 +293,17 @@ def test_a_relu_net_whose_hidden_unit_flips_fails_the_smoothness_premise():
     assert not premises(rho, 2, torch.tensor(1.0), torch.ones(2), torch.ones(2))["premise_smoothness"]
     calm = net_smoothness(interlayer_smoothness(ws, None, x, noise_scale=0.01, draws=64, generator=gen(22)), 0.1)
     assert torch.isinf(calm) and premises(calm, 2, torch.tensor(1.0), torch.ones(2), torch.ones(2))["premise"]
+
+
+def test_a_zero_input_vector_is_reproduced_exactly_and_left_out():
+    """z = 0 (a sample whose ReLU zeroed the layer's input): (Â - A) 0 = 0 for any Â, so the
+    vector demands nothing; a nonzero z with A z = 0 makes the relative error infinite."""
+    g = torch.Generator().manual_seed(4)
+    a, z = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    with_zero = torch.cat([z, torch.zeros(1, 5, dtype=torch.float64)])
+    torch.testing.assert_close(relative_variance(a, with_zero), relative_variance(a, z), rtol=1e-14, atol=0)
+    projected = matrix_project(a, 3, g)
+    torch.testing.assert_close(layer_output_error(a, projected, with_zero), layer_output_error(a, projected, z),
+                               rtol=1e-14, atol=0)
+    flat = torch.cat([a[:, :4], torch.zeros(6, 1, dtype=torch.float64)], dim=1)  # A e_5 = 0
+    assert math.isinf(relative_variance(flat, torch.eye(5, dtype=torch.float64)[4:]).item())

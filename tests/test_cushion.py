@@ -340,3 +340,23 @@ def test_family_equals_per_net():
     torch.testing.assert_close(att[:, upper], torch.ones(3, 3, dtype=D), rtol=1e-10, atol=0)
     r = interlayer_smoothness(ws, None, x, draws=2, generator=gen(8), nonlinear=False)
     assert r.shape == (3, 3, 6, 2) and torch.isinf(r).all()
+
+
+def test_a_sample_with_a_zero_layer_input_does_not_constrain_the_cushions():
+    """A sample whose layer input is zero meets mu ||A|| ||x|| <= ||A x|| (0 <= 0) for every
+    mu: its per-sample cushions there are +inf and the others are those of the remaining
+    samples. A sample whose ReLU zeroes a whole nonzero layer makes the contraction
+    infinite; a zero sample (x^i = 0) does not constrain it."""
+    ws, _, x = make_net(3, bias=False)
+    ws[0] = -ws[0].abs()  # a positive input turns layer 1 off entirely
+    x = x[[all((h > 0).any() for h in preacts(ws, None, x0, True)[1:-1]) for x0 in x]]
+    assert len(x) >= 3
+    zero, off = torch.zeros(1, WIDTHS[0], dtype=D), x[:1].abs() + 0.1
+    lc, ic = layer_cushion(ws, None, torch.cat([x, zero, off])), min_interlayer_cushion(ws, None, torch.cat([x, zero, off]))
+    assert torch.isinf(lc[:, -2]).all()  # the zero sample, at every layer; mu_{i,i} = 1/sqrt(h^i) still counts
+    torch.testing.assert_close(ic[:, -2], torch.tensor([h**-0.5 for h in WIDTHS[1:]], dtype=D))
+    assert torch.isfinite(lc[0, -1]) and torch.isinf(lc[1:, -1]).all()  # off: phi(x^1) = 0 above layer 1
+    torch.testing.assert_close(lc[:, :-2], layer_cushion(ws, None, x))
+    torch.testing.assert_close(ic[:, :-2], min_interlayer_cushion(ws, None, x))
+    torch.testing.assert_close(activation_contraction(ws, None, torch.cat([x, zero])), activation_contraction(ws, None, x))
+    assert math.isinf(activation_contraction(ws, None, torch.cat([x, off]))[0].item())

@@ -74,10 +74,17 @@ def projection_variance(a: Tensor, z: Tensor) -> Tensor:
 
 def relative_variance(a: Tensor, z: Tensor) -> Tensor:
     """k times the expected mean-square relative error over the vectors z,
-    mean_s k E||(Â - A) z_s||^2 / ||A z_s||^2, ``[...]``; infinite where some A z_s = 0."""
+    mean_s k E||(Â - A) z_s||^2 / ||A z_s||^2, ``[...]``; infinite where some A z_s = 0
+    with z_s != 0. A vector z_s = 0 (a sample whose ReLU zeroed the layer's input) is
+    reproduced exactly by any Â and is left out of the mean."""
     az2 = (z @ a.mT).square().sum(dim=-1)
     ratio = torch.where(az2 > 0, projection_variance(a, z) / az2, math.inf)
-    return ratio.mean(dim=-1)
+    return _over_nonzero(ratio, z)
+
+
+def _over_nonzero(per_vector: Tensor, z: Tensor) -> Tensor:
+    """The mean of ``per_vector [..., s]`` over the vectors z_s that are not zero."""
+    return per_vector.masked_fill(z.square().sum(dim=-1) == 0, math.nan).nanmean(dim=-1)
 
 
 def expected_relative_error(a: Tensor, z: Tensor, k: Tensor | int) -> Tensor:
@@ -100,7 +107,7 @@ def layer_output_error(a: Tensor, projected: Tensor, z: Tensor) -> Tensor:
     """The RMS over the vectors z of ||(Â - A) z|| / ||A z||: one draw's relative error of
     a layer's output, the measured counterpart of ``expected_relative_error``."""
     rel = ((z @ (projected - a).mT).norm(dim=-1) / (z @ a.mT).norm(dim=-1)).square()
-    return rel.mean(dim=-1).sqrt()
+    return _over_nonzero(rel, z).sqrt()
 
 
 def random_signs(count: int, generator: torch.Generator) -> Tensor:

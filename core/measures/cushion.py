@@ -82,7 +82,7 @@ def layer_cushion(weights, biases, x: Tensor, nonlinear: bool = True) -> Tensor:
         a = xs[0] if i == 1 else _phi(xs[i - 1], nonlinear)
         num = _layer(w, None, a).norm(dim=-1)
         den = torch.linalg.matrix_norm(w).unsqueeze(-1) * a.norm(dim=-1)
-        rows.append(num / den)
+        rows.append(unconstrained_inf(num, den))
     return _out(torch.stack(rows, dim=1), single)
 
 
@@ -91,8 +91,9 @@ def activation_contraction(weights, biases, x: Tensor, nonlinear: bool = True) -
     (Definition 4.3; the paper's c is the maximum over layers, 1 with no hidden layer)."""
     weights, biases, x, single = _family(weights, biases, x)
     xs = preactivations(weights, biases, x, nonlinear)
-    rows = [(xs[i].norm(dim=-1) / _phi(xs[i], nonlinear).norm(dim=-1)).amax(dim=-1)
-            for i in range(1, len(weights))]
+    # A sample with x^i = 0 meets ||phi(x^i)|| >= ||x^i|| / c for every c: ratio 1, the least.
+    rows = [torch.where(xs[i].norm(dim=-1) > 0, xs[i].norm(dim=-1) / _phi(xs[i], nonlinear).norm(dim=-1), 1.0)
+            .amax(dim=-1) for i in range(1, len(weights))]
     f = x.shape[0]
     return _out(torch.stack(rows, dim=1) if rows else x.new_zeros(f, 0), single)
 
@@ -121,7 +122,14 @@ def _jacobian_chunks(weights, xs: list[Tensor], i: int, nonlinear: bool):
 def _cushion_of(jac: Tensor, xi: Tensor) -> Tensor:
     """``||J x|| / (||J||_F ||x||)`` per sample, ``jac [F, s, a, b]``, ``xi [F, s, b]``."""
     jx = torch.matmul(jac, xi.unsqueeze(-1)).squeeze(-1)
-    return jx.norm(dim=-1) / (torch.linalg.matrix_norm(jac) * xi.norm(dim=-1))
+    return unconstrained_inf(jx.norm(dim=-1), torch.linalg.matrix_norm(jac) * xi.norm(dim=-1))
+
+
+def unconstrained_inf(num: Tensor, den: Tensor) -> Tensor:
+    """A cushion's per-sample ratio ``num / den``; +inf where ``den`` is 0 (a zero layer
+    input or Jacobian): there mu ||A|| ||x|| <= ||A x|| reads 0 <= 0 and holds for every
+    mu, so the sample does not constrain the minimum."""
+    return torch.where(den > 0, num / den, math.inf)
 
 
 def interlayer_cushion(weights, biases, x: Tensor, i: int, j: int, nonlinear: bool = True) -> Tensor:
@@ -295,7 +303,7 @@ def noise_attenuation(weights, biases, x: Tensor, generator: torch.Generator | N
         eta = _unit_noise((n, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1, keepdim=True))
         for j, noisy in enumerate(_propagate(weights, biases, xi + eta, i, nonlinear), start=i + 1):
             rel = (noisy - xs[j]).norm(dim=-1) / xs[j].norm(dim=-1)
-            out[:, i - 1, j - 1] = rel.median(dim=-1).values
+            out[:, i - 1, j - 1] = rel.nanmedian(dim=-1).values  # 0/0 (x^j = 0, unmoved): left out
     return _out(out, single)
 
 

@@ -208,13 +208,14 @@ ATTENUATION = pa.schema([
 ])
 
 # Infinite smoothness is a finding (the map is linear along every perturbation, or there
-# is no pair i < j), not a failure: kept as +inf, where other columns store NULL.
-KEEPS_INFINITY = frozenset({"interlayer_smoothness", "interlayer_smoothness_pooled"})
+# is no pair i < j), not a failure, and so is an infinite contraction (a sample whose ReLU
+# zeroes a whole nonzero layer): kept as +inf, where other columns store NULL.
+KEEPS_INFINITY = frozenset({"interlayer_smoothness", "interlayer_smoothness_pooled", "activation_contraction"})
 
 
 def cell(value, kind: pa.DataType, name: str):
     """A table cell from a host number: NULL for NaN (and for infinities, but in the
-    smoothness columns); integers and booleans as such."""
+    ``KEEPS_INFINITY`` columns); integers and booleans as such."""
     if value is None or isinstance(value, str):
         return value
     if pa.types.is_boolean(kind):
@@ -252,9 +253,12 @@ def measure_step(opts: CushionSpec, params: models.Params, data: StackedData, x:
     layers = {name: np.pad(host(v), ((0, 0), (0, 1)), constant_values=math.nan) for name, v in hidden.items()}
     for name, values in per_sample.items():
         layers[name] = host(values.amin(dim=-1))
-        layers[f"{name}_mean"] = host(values.mean(dim=-1))
+        # Mean and percentiles over the samples that constrain the cushion (``inf``: a
+        # zero layer input, which meets the definition for every mu).
+        constraining = values.masked_fill(values.isinf(), math.nan)
+        layers[f"{name}_mean"] = host(constraining.nanmean(dim=-1))
         for q in opts.percentiles:
-            layers[percentile_column(name, q)] = host(torch.quantile(values, q / 100, dim=-1))
+            layers[percentile_column(name, q)] = host(torch.nanquantile(constraining, q / 100, dim=-1))
     norms = weight_norms(w)
     layers |= {"frobenius_norm": host(norms["frobenius"]), "spectral_norm": host(norms["spectral"]),
                "stable_rank": host(norms["stable_rank"])}
