@@ -17,7 +17,8 @@ import torch
 
 # Without an explicit step interval, save after this much training time.
 DEFAULT_SECONDS = 120.0
-FORMAT = 1
+# 2: batch orders are counter-based (``core.counters``); a format-1 state is not resumed.
+FORMAT = 2
 
 
 class Checkpoint(Protocol):

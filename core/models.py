@@ -16,10 +16,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from theoryscope.core import counters
 from theoryscope.core.config import Init, ModelKind, ModelSpec
-from theoryscope.core.seeding import generator
 
 F64 = torch.float64
 
@@ -36,36 +37,50 @@ class Params:
 
 
 def init_member(model: ModelSpec, dims: Sequence[int], seed: int) -> Params:
-    """One net's initial weights (float64, CPU), from its own stream.
+    """One net's initial weights (float64, CPU): exactly its slice of any family's."""
+    family = init_family([model], [seed], dims, F64, torch.device("cpu"))
+    return Params([w[0] for w in family.weights], None if family.biases is None else [b[0] for b in family.biases])
+
+
+def init_family(models: Sequence[ModelSpec], seeds: Sequence[int], dims: Sequence[int],
+                dtype: torch.dtype, device: torch.device) -> Params:
+    """Every member's initial weights, ``[F, ...]`` tensors on ``device``, drawn for the
+    whole family at once from each member's own key (``core.counters``): a member gets
+    the same numbers alone as in any family.
 
     "default" is PyTorch's ``nn.Linear`` init: kaiming_uniform(a=sqrt(5)) reduces to
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases; "gaussian" is
     N(0, 1/fan_in) weights and zero biases. Both are multiplied by ``init_scale``.
     """
-    g = generator(seed, "init")
+    scales = torch.tensor([m.init_scale for m in models], dtype=F64)
+    gaussian = np.array([m.init is Init.GAUSSIAN for m in models])
     weights, biases = [], []
-    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-        bound = model.init_scale / math.sqrt(fan_in)
-        if model.init is Init.GAUSSIAN:
-            weights.append(torch.randn(fan_out, fan_in, generator=g, dtype=F64) * bound)
-            biases.append(torch.zeros(fan_out, dtype=F64))
-        else:
-            weights.append((torch.rand(fan_out, fan_in, generator=g, dtype=F64) * 2 - 1) * bound)
-            biases.append((torch.rand(fan_out, generator=g, dtype=F64) * 2 - 1) * bound)
-    return Params(weights, biases if model.bias else None)
+    for layer, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+        bound = scales / math.sqrt(fan_in)
+        weights.append(_draw(seeds, gaussian, bound, (fan_out, fan_in), dtype, device, "init", layer, "weight"))
+        biases.append(_draw(seeds, gaussian, bound, (fan_out,), dtype, device, "init", layer, "bias", zero=True))
+    return Params(weights, biases if models[0].bias else None)
 
 
-def init_family(models: Sequence[ModelSpec], seeds: Sequence[int], dims: Sequence[int],
-                dtype: torch.dtype, device: torch.device) -> Params:
-    """Stack each member's own init into ``[F, ...]`` tensors on ``device``."""
-    members = [init_member(m, dims, s) for m, s in zip(models, seeds)]
-
-    def stack(layers: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-        return [torch.stack(per_member).to(device=device, dtype=dtype) for per_member in zip(*layers)]
-
-    weights = stack([p.weights for p in members])
-    biases = stack([p.biases for p in members]) if members[0].biases is not None else None
-    return Params(weights, biases)
+def _draw(seeds: Sequence[int], gaussian: np.ndarray, bound: torch.Tensor, shape: tuple[int, ...],
+          dtype: torch.dtype, device: torch.device, *purpose: object, zero: bool = False) -> torch.Tensor:
+    """``bound`` x (N(0, 1) for the ``gaussian`` members, U(-1, 1) for the others) of
+    ``shape`` per member; ``zero``: the gaussian members get zeros instead. Drawn in
+    float64 a block of members at a time, then cast."""
+    count = math.prod(shape)
+    out = torch.empty(len(seeds), *shape, dtype=dtype, device=device)
+    keys = counters.keys(seeds, *purpose)
+    rows = max(1, counters.CHUNK // max(1, count))
+    for lo in range(0, len(seeds), rows):
+        k, g = keys[lo:lo + rows], gaussian[lo:lo + rows]
+        block = np.zeros((len(k), count))
+        if not g.all():
+            block[~g] = counters.uniform(k[~g], count) * 2 - 1
+        if g.any() and not zero:
+            block[g] = counters.normal(k[g], count)
+        values = torch.from_numpy(block).view(len(k), *shape) * bound[lo:lo + rows].view(-1, *[1] * len(shape))
+        out[lo:lo + rows] = values.to(device=device, dtype=dtype)
+    return out
 
 
 def is_nonlinear(kind: ModelKind) -> bool:

@@ -22,14 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from theoryscope.core import models
+from theoryscope.core import counters, models
 from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec
 from theoryscope.core.data import Dataset, make_dataset
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.optim import Hyper, StackedOptimizer
 from theoryscope.core.precision import matmuls_at
-from theoryscope.core.seeding import generator
 
 DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT64: torch.float64}
 
@@ -122,34 +121,37 @@ class BatchOrder:
     """Each member's own shuffled minibatches, epoch after epoch, from its own seed.
 
     Per member, the order is a fresh random permutation each epoch (the last batch of an
-    epoch may be short), exactly as it would be if the member trained alone.
+    epoch may be short), drawn from the member's key and the epoch's number
+    (``core.counters``): one call per epoch for the whole family, and exactly the order
+    the member would have alone. The state is two numbers (epochs drawn, position).
     """
 
     def __init__(self, seeds: Sequence[int], n: int, batch_size: int, device: torch.device):
-        self.streams = [generator(s, "batches") for s in seeds]
+        self.keys = counters.keys(seeds, "batches")
         self.n, self.batch_size, self.device = n, batch_size, device
         self.order: torch.Tensor | None = None
+        self.epoch = 0  # epochs drawn so far
         self.pos = n
+
+    def _draw(self, epoch: int) -> torch.Tensor:
+        return counters.permutations(counters.subkeys(self.keys, epoch), self.n, self.device).to(self.device)
 
     def next(self) -> torch.Tensor:
         """Indices ``[F, b]`` of the next minibatch of every member."""
         if self.pos >= self.n:
-            perms = [torch.randperm(self.n, generator=g) for g in self.streams]
-            self.order = torch.stack(perms).to(self.device)
+            self.order = self._draw(self.epoch)
+            self.epoch += 1
             self.pos = 0
         idx = self.order[:, self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
 
     def state(self) -> dict:
-        return {"streams": [g.get_state() for g in self.streams], "pos": self.pos,
-                "order": None if self.order is None else self.order.cpu()}
+        return {"epoch": self.epoch, "pos": self.pos}
 
     def restore(self, state: dict) -> None:
-        for g, saved in zip(self.streams, state["streams"]):
-            g.set_state(saved)
-        self.pos = state["pos"]
-        self.order = None if state["order"] is None else state["order"].to(self.device)
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self.order = self._draw(self.epoch - 1) if self.epoch > 0 else None
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

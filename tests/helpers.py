@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import signal
 import socket
@@ -22,13 +23,53 @@ import torch
 from typer.testing import CliRunner
 
 from theoryscope.cli import app
+from theoryscope.core.counters import mix
 from theoryscope.core.config import (
     DataKind, DataSpec, DType, Experiment, Init, ModelKind, ModelSpec, Optimizer, RunSpec, TrainSpec,
 )
+from theoryscope.core.seeding import derive_seed
 from theoryscope.storage.parquet import scan
 from theoryscope.sweeps.tables import run_query
 
 REPO = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------
+# Counter-based draws (core.counters), one Python integer at a time
+# ---------------------------------------------------------------------------------------
+
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def reference_draw(key: int, j: int) -> int:
+    return mix(key ^ mix((j + 1) * GOLDEN))
+
+
+def reference_key(seed: int, *purpose: object) -> int:
+    return mix(mix(seed) ^ derive_seed(*purpose))
+
+
+def reference_uniform(seed: int, purpose: tuple, count: int) -> list[float]:
+    key = reference_key(seed, *purpose)
+    return [(reference_draw(key, j) >> 11) * 2.0**-53 for j in range(count)]
+
+
+def reference_normal(seed: int, purpose: tuple, count: int) -> list[float]:
+    u = reference_uniform(seed, purpose, 2 * count)
+    return [math.sqrt(-2 * math.log(1 - u[j])) * math.cos(2 * math.pi * u[count + j]) for j in range(count)]
+
+
+def reference_permutation(seed: int, epoch: int, n: int) -> list[int]:
+    """A member's batch order in ``epoch``: positions sorted by their draw (as signed
+    64-bit integers, low bits replaced by the position)."""
+    key = reference_draw(reference_key(seed, "batches"), epoch)
+    low = max(1, (n - 1).bit_length())
+
+    def sort_key(i: int) -> int:
+        z = (reference_draw(key, i) >> low << low) | i
+        return z - 2**64 if z >= 2**63 else z
+
+    return sorted(range(n), key=sort_key)
+
 
 # ---------------------------------------------------------------------------------------
 # Small specs

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.autograd.functional import hessian
 
+from helpers import reference_uniform
 from theoryscope.core import models
 from theoryscope.core.config import ModelKind, ModelSpec
 from theoryscope.core.measures import complexity as cx
-from theoryscope.core.seeding import generator as named_generator
 from theoryscope.core.train import StackedData, member_losses
 
 D = torch.float64
@@ -131,14 +131,15 @@ def test_spectral_complexity_is_bartlett_formula_written_out():
 
 
 def oracle_default_init(seed: int, dims: list[int], bias: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """nn.Linear's init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from the run's "init" stream,
-    layer by layer, weights then biases."""
-    g = named_generator(seed, "init")
+    """nn.Linear's init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from the run's counter-based
+    draws, one number at a time: layer l's weights (row-major) and biases have their own
+    keys."""
     ws, bs = [], []
-    for fan_in, fan_out in zip(dims, dims[1:]):
+    for layer, (fan_in, fan_out) in enumerate(zip(dims, dims[1:])):
         bound = 1 / math.sqrt(fan_in)
-        ws.append((torch.rand(fan_out, fan_in, generator=g, dtype=D) * 2 - 1) * bound)
-        bs.append((torch.rand(fan_out, generator=g, dtype=D) * 2 - 1) * bound)
+        u = reference_uniform(seed, ("init", layer, "weight"), fan_out * fan_in)
+        ws.append((torch.tensor(u, dtype=D).view(fan_out, fan_in) * 2 - 1) * bound)
+        bs.append((torch.tensor(reference_uniform(seed, ("init", layer, "bias"), fan_out), dtype=D) * 2 - 1) * bound)
     return ws, bs
 
 

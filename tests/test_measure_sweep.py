@@ -95,8 +95,9 @@ def test_the_net_smoothness_is_at_most_every_layers(measured):
                          "JOIN layers l USING (sweep, run_id, step) JOIN runs r USING (sweep, run_id) "
                          "WHERE sweep = 'stacked' AND r.depth = 3 GROUP BY b.run_id, b.step")
     assert len(got) == 4 * 3
-    for r in got:
-        assert 0 < r["net"] <= r["layer"] and r["held"] == (r["net"] >= 9)
+    for r in got:  # 0 where a sample's x^j is zero but its perturbation's is not
+        assert 0 <= r["net"] <= r["layer"] and r["held"] == (r["net"] >= 9)
+    assert sum(r["net"] > 0 for r in got) >= 8
     shallow = rows(measured, "SELECT b.interlayer_smoothness AS rho, b.premise_smoothness AS held FROM bounds b "
                              "JOIN runs r USING (sweep, run_id) WHERE sweep = 'stacked' AND r.depth = 1")
     assert shallow and all(r["rho"] == math.inf and r["held"] for r in shallow)  # no pair i < j: vacuous
@@ -128,7 +129,7 @@ def test_the_bound_is_theorem_4_1_where_its_premises_hold(measured):
 def test_layers_are_compressed_to_the_target_error(measured):
     """k per layer from the target: a compressed layer uses the k it needs, fewer than its weights, and meets
     eps in expectation; a layer kept needs at least its weights; the measured error is near the expected one."""
-    got = rows(measured, "SELECT * FROM layers WHERE sweep = 'stacked' AND step = 60")
+    got = rows(measured, "SELECT * FROM layers WHERE sweep = 'stacked'")
     assert {r["compressed"] for r in got} == {True, False}
     for r in got:
         if r["compressed"]:

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from helpers import FAMILIES, base_run, make_runs
+from helpers import FAMILIES, base_run, make_runs, reference_permutation
 from theoryscope.core.config import DataSpec, Experiment, Init, ModelKind, ModelSpec, Optimizer, RunSpec, TrainSpec
 from theoryscope.core.data import make_dataset
 from theoryscope.core.models import init_member
-from theoryscope.core.seeding import generator
 from theoryscope.core.train import train_family
 
 CPU = torch.device("cpu")
@@ -54,8 +53,7 @@ def reference_curves(run: RunSpec) -> dict[str, np.ndarray]:
     else:
         opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum if t.optimizer is Optimizer.SGD else 0.0,
                               weight_decay=t.weight_decay)
-    stream = generator(run.seed, "batches")
-    order, pos = None, data.x_train.shape[0]
+    order, pos, epoch = None, data.x_train.shape[0], 0
     curves = {k: [] for k in ("train_loss", "test_loss", "train_error", "test_error")}
     for step in range(t.steps + 1):
         if step in t.log_steps():
@@ -70,7 +68,8 @@ def reference_curves(run: RunSpec) -> dict[str, np.ndarray]:
             xb, yb = data.x_train, data.y_train
         else:
             if pos >= data.x_train.shape[0]:
-                order, pos = torch.randperm(data.x_train.shape[0], generator=stream), 0
+                order, pos = torch.tensor(reference_permutation(run.seed, epoch, data.x_train.shape[0])), 0
+                epoch += 1
             idx = order[pos:pos + t.batch_size]
             pos += t.batch_size
             xb, yb = data.x_train[idx], data.y_train[idx]
