@@ -38,6 +38,7 @@ nested are linear-modes (a QR of the whole training set) and the labels that
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -82,6 +83,14 @@ def make_dataset(spec: DataSpec) -> Dataset:
         DataKind.LINEAR_MODES: _linear_modes,
     }
     return builders.get(spec.kind, _real)(spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def input_draw(spec: DataSpec) -> DataSpec:
+    """What fixes a data set's inputs: its spec without the label noise (how many labels
+    are corrupted, and how), which changes only the labels. Specs with one ``input_draw``
+    have equal inputs, so a family of them keeps one copy (``core.train.stack_data``)."""
+    return dataclasses.replace(spec, label_noise=0.0, label_corruption=LabelCorruption.OTHER_CLASS)
 
 
 def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:

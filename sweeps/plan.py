@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from theoryscope.core import datasets
 from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec
-from theoryscope.core.data import check_table_rows
+from theoryscope.core.data import check_table_rows, input_draw
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.errors import DoesNotFit, SpecError
 from theoryscope.core.optim import STATE_TENSORS
@@ -176,7 +176,11 @@ def _split(members: list[RunSpec], max_family_size: int, total_flops: float,
     if capacity is None:
         return max_family_size, -(-len(members) // max_family_size)
     cost = member_cost(members[0])
-    limit = max(1, min(max_family_size, capacity.family_bytes // max(1, cost.bytes)))
+    if shares_inputs(members):  # then so does every part of the group
+        fits = (capacity.family_bytes - cost.input_bytes) // max(1, cost.bytes - cost.input_bytes)
+    else:
+        fits = capacity.family_bytes // max(1, cost.bytes)
+    limit = max(1, min(max_family_size, fits))
     share = max(total_flops / (2 * capacity.slots), capacity.min_family_flops)
     by_work = min(len(members), math.ceil(cost.flops * len(members) / share))
     return limit, max(-(-len(members) // limit), by_work)
@@ -275,11 +279,13 @@ class FamilyCost:
 
 @dataclass(frozen=True)
 class MemberCost:
-    """One member's share of a family's work and memory."""
+    """One net's work and memory; ``input_bytes`` of its ``bytes`` are the inputs, which
+    members on one draw share (``shares_inputs``)."""
 
     params: int
     flops: float
     bytes: int
+    input_bytes: int = 0
 
 
 def member_cost(run: RunSpec) -> MemberCost:
@@ -303,10 +309,17 @@ def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train
     flops = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
     itemsize = 8 if t.dtype.value == "float64" else 4
     states = STATE_TENSORS[t.optimizer]
-    data = (d.n_train + d.n_test) * (input_width(d) + d.n_outputs)
+    inputs = (d.n_train + d.n_test) * input_width(d)
+    labels = (d.n_train + d.n_test) * d.n_outputs
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
-    resident = itemsize * (data + params * (2 + states) + activations)
-    return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run))
+    resident = itemsize * (inputs + labels + params * (2 + states) + activations)
+    return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run), itemsize * inputs)
+
+
+def shares_inputs(runs: Iterable[RunSpec]) -> bool:
+    """Whether the runs train on one draw of inputs (seeds and label noise over one data
+    spec), which a family of them holds once (``core.train.stack_data``)."""
+    return len({input_draw(data) for data in {r.data for r in runs}}) == 1
 
 
 # A logged step of one member: four metrics on the device, their float64 copy on the
@@ -346,6 +359,9 @@ def _gib(n: float) -> str:
 
 
 def estimate_cost(family: Family) -> FamilyCost:
-    """A whole family's parameters per member, FLOPs and resident bytes."""
+    """A whole family's parameters per member, FLOPs and resident bytes (the inputs once
+    when its members share them)."""
     cost = member_cost(family.exemplar)
-    return FamilyCost(cost.params, cost.flops * family.size, cost.bytes * family.size)
+    copies = 1 if shares_inputs(family.runs) else family.size
+    resident = (cost.bytes - cost.input_bytes) * family.size + cost.input_bytes * copies
+    return FamilyCost(cost.params, cost.flops * family.size, resident)

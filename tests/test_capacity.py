@@ -4,6 +4,7 @@ large groups split to spread the work, cheap ones left whole, the largest first.
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 
@@ -12,7 +13,7 @@ from theoryscope.sweeps.capacity import USABLE, capacity_for
 from theoryscope.sweeps.dispatch import LocalBackend
 from theoryscope.sweeps.launch import launch, prepare
 from theoryscope.sweeps.load import parse_spec
-from theoryscope.sweeps.plan import Capacity, estimate_cost, fit_plan, member_cost, pack_families, plan_sweep
+from theoryscope.sweeps.plan import Capacity, Family, estimate_cost, fit_plan, member_cost, pack_families, plan_sweep
 from theoryscope.sweeps.spec import ResourceSpec
 
 # Two shapes: a costly depth-3 width-64 group and a cheap depth-1 group.
@@ -75,6 +76,29 @@ def test_a_family_fits_its_slots_memory():
     assert all(estimate_cost(f).bytes <= tight.family_bytes for f in families)
     # Without a capacity only max_family_size counts.
     assert [f.size for f in pack_families(runs, 512) if f.exemplar.model.depth == 3] == [8]
+
+
+def test_members_on_one_draw_count_their_inputs_once():
+    """10^4 seeds over one data draw: the estimate holds the inputs once, as the trainer
+    does (``stack_data``: one copy, expanded); other data seeds count one copy each."""
+    text = SPEC.replace("depth = [1, 3]", "depth = [3]").replace("seed = [0, 1, 2, 3, 4, 5, 6, 7]",
+                                                                f"seed = {list(range(10_000))}")
+    text = text.replace("n_train = 256", "n_train = 4096").replace("input_dim = 8", "input_dim = 512")
+    runs = plan_sweep(parse_spec(text)).runs
+    cost = member_cost(runs[0])
+    assert cost.input_bytes == 4 * (4096 + 64) * 512  # float32 inputs, train and test
+    shared = estimate_cost(Family("shared", runs))
+    assert shared.bytes == cost.input_bytes + len(runs) * (cost.bytes - cost.input_bytes)
+    two_draws = [dataclasses.replace(r, data=dataclasses.replace(r.data, seed=i % 2)) for i, r in enumerate(runs[:4])]
+    assert estimate_cost(Family("two", tuple(two_draws))).bytes == 4 * cost.bytes
+    # Packing for memory: a slot that holds 8 members with their own inputs holds many
+    # more on one draw.
+    room = Capacity(slots=1, family_bytes=8 * cost.bytes, min_family_flops=float("inf"))
+    fits = (room.family_bytes - cost.input_bytes) // (cost.bytes - cost.input_bytes)
+    assert fits > 8
+    assert max(f.size for f in pack_families(runs, 10**5, capacity=room)) == fits
+    assert max(f.size for f in pack_families(two_draws, 10**5, capacity=room)) == 4
+    assert all(estimate_cost(f).bytes <= room.family_bytes for f in pack_families(runs, 10**5, capacity=room))
 
 
 def test_valley_pairs_stay_together_when_a_group_is_split():
