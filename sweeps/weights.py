@@ -190,6 +190,17 @@ def init(run: RunSpec) -> models.Params:
     return models.Params(initial_factors(run), None)
 
 
+def family_init(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> models.Params:
+    """``init`` of every member of a family, stacked ``[F, ...]``: drawn for the whole
+    family at once for experiment "train" (``models.init_family``)."""
+    first = runs[0]
+    if first.experiment is Experiment.TRAIN:
+        dims = first.model.layer_dims(input_width(first.data), first.data.n_outputs)
+        return models.init_family([r.model for r in runs], [r.seed for r in runs], dims, dtype, device)
+    factors = [initial_factors(run) for run in runs]
+    return models.Params([torch.stack(layer).to(device=device, dtype=dtype) for layer in zip(*factors)], None)
+
+
 def run_spec(results: ResultsLike, sweep: str, run_id: str) -> RunSpec:
     """The spec of one run of a recorded sweep, from the spec the sweep was launched with."""
     from theoryscope.sweeps.catalog import recorded_sweep

@@ -210,16 +210,10 @@ def snapshot_steps(opts: ComplexitySpec, run: RunSpec) -> set[int]:
 
 
 def stacked_init(runs: Sequence[RunSpec], like: models.Params) -> models.Params:
-    """Every member's init, rebuilt from its seed and stacked like ``like`` (dtype, device)."""
-    from theoryscope.sweeps.weights import init  # sweeps.weights reads the measure registry
+    """Every member's init, rebuilt from its seed, in ``like``'s dtype and device."""
+    from theoryscope.sweeps.weights import family_init  # sweeps.weights reads the measure registry
 
-    members = [init(run) for run in runs]
-
-    def stack(layers, reference):
-        return [torch.stack(per_member).to(r) for per_member, r in zip(zip(*layers), reference)]
-
-    biases = stack([m.biases for m in members], like.biases) if like.biases is not None else None
-    return models.Params(stack([m.weights for m in members], like.weights), biases)
+    return family_init(runs, like.weights[0].dtype, like.weights[0].device)
 
 
 def measure_step(opts: ComplexitySpec, names: Sequence[str], params: models.Params, init: models.Params,
