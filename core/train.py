@@ -154,6 +154,11 @@ class BatchOrder:
         self.order = self._draw(self.epoch - 1) if self.epoch > 0 else None
 
 
+# Evaluating a whole training or test set holds about this many bytes of activations at
+# a time: a family of 10^5 small nets is evaluated a block of members after another.
+EVAL_BYTES = 2**28
+
+
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx [F, b]`` of each member's ``t [F, n, ...]``."""
     expanded = idx.view(*idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
@@ -202,13 +207,29 @@ class FamilyTraining:
         self.precision = self.spec_train.matmul_precision
         self.precision_error = torch.zeros(f, dtype=self.dtype, device=device)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, params: models.Params | None = None) -> torch.Tensor:
         with matmuls_at(self.precision, self.device):
-            return models.forward(self.params, x, self.nonlinear).to(self.dtype)
+            return models.forward(params or self.params, x, self.nonlinear).to(self.dtype)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-member loss and error on a whole set, in blocks of members whose
+        activations stay within ``EVAL_BYTES`` (one block for all but huge families)."""
+        f, n = x.shape[:2]
+        widest = max(int(w.shape[1]) for w in self.params.weights)
+        block = max(1, EVAL_BYTES // max(1, 2 * n * widest * x.element_size()))
+        losses, errors = [], []
         with torch.no_grad():
-            return member_losses(self._forward(x), y, self.data.classification)
+            for lo in range(0, f, block):
+                part = slice(lo, min(f, lo + block))
+                params = self.params if block >= f else models.Params(
+                    [w[part] for w in self.params.weights],
+                    None if self.params.biases is None else [b[part] for b in self.params.biases])
+                loss, error = member_losses(self._forward(x[part], params), y[part], self.data.classification)
+                losses.append(loss)
+                errors.append(error)
+        if len(losses) == 1:
+            return losses[0], errors[0]
+        return torch.cat(losses), None if errors[0] is None else torch.cat(errors)
 
     def _check_precision(self, train_loss: torch.Tensor) -> None:
         """Compare the training loss as trained with exact float32 (reduced precision only)."""

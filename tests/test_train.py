@@ -212,3 +212,16 @@ def test_a_family_on_shared_inputs_trains_each_member_as_it_trains_alone():
         alone = train_family([run], CPU)
         np.testing.assert_allclose(family.train_loss[:, f], alone.train_loss[:, 0], rtol=1e-10)
         np.testing.assert_allclose(family.test_loss[:, f], alone.test_loss[:, 0], rtol=1e-10)
+
+
+def test_a_family_evaluated_in_blocks_of_members_logs_what_it_logs_in_one(monkeypatch):
+    """A huge family evaluates its training and test sets a block of members at a time
+    (``EVAL_BYTES``); blocks of one or two members give the same curves."""
+    from theoryscope.core import train as trainer
+
+    runs = FAMILIES["sgd-momentum-mlp-classification-bias"]
+    whole = train_family(runs, CPU)
+    monkeypatch.setattr(trainer, "EVAL_BYTES", 1)
+    blocks = train_family(runs, CPU)
+    for name in ("train_loss", "test_loss", "train_error", "test_error"):
+        np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name), rtol=1e-12, atol=0)
