@@ -57,3 +57,28 @@ def test_the_complexity_cost_benchmark_trains_its_family_to_the_stop_and_measure
     assert total > 0 and set(parts) == {"init", "norms", "margins", "pacbayes", "sharpness", "hessian_top"}
     grouped = {name for names in GROUPS.values() for name in names}
     assert grouped == set(MEASURE_NAMES)  # every measure is in a timed group
+
+
+def test_the_scale_benchmarks_previous_engine_is_the_per_member_one(monkeypatch):
+    """The previous engine copies the inputs for every member, draws every init from the
+    member's own generator and every batch order by its own randperm; both engines train."""
+    from bench import scale
+    from theoryscope.core import train as trainer
+    from theoryscope.core.seeding import generator
+
+    runs = scale.family_runs(3, width=4, steps=6, batch_size=64)
+    assert [r.seed for r in runs] == [0, 1, 2] and runs[0].data.input_dim == 16 and runs[0].model.depth == 3
+    current = trainer.FamilyTraining(runs, torch.device("cpu"))
+    assert current.data.x_train.stride(0) == 0
+    scale.use_previous_engine(monkeypatch.setattr)
+    previous = trainer.FamilyTraining(runs, torch.device("cpu"))
+    assert previous.data.x_train.stride(0) != 0
+    torch.testing.assert_close(previous.data.x_train, current.data.x_train)
+    g = generator(1, "init")
+    first = (torch.rand(4, 16, generator=g, dtype=torch.float64) * 2 - 1) / 4
+    torch.testing.assert_close(previous.params.weights[0][1], first.float())
+    order = previous.batches.next()
+    assert torch.equal(order[2], torch.randperm(256, generator=generator(2, "batches"))[:64])
+    args = argparse.Namespace(engine="previous", members=3, width=4, steps=6, batch_size=64, device="cpu")
+    row = scale.measure_one(args)
+    assert row["peak_bytes"] > 0 and np.isfinite(row["final_train_loss"]) and row["wall_s"] >= row["train_s"] > 0
