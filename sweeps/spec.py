@@ -27,8 +27,9 @@ class ResourceSpec:
     num_cpus: float = 1.0
     # GPUs per family; fractional values share a GPU between families.
     num_gpus: float = 0.0
-    # Largest number of runs trained together as one stacked model.
-    max_family_size: int = 512
+    # Largest number of runs trained together as one stacked model; below it, families
+    # are sized by the memory estimate and split to spread the work over the slots.
+    max_family_size: int = 100_000
     # Times Ray retries a family whose worker process or node died.
     max_retries: int = 3
 
