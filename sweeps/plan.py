@@ -111,7 +111,15 @@ def _show(value: object) -> str:
 
 
 def family_key(run: RunSpec) -> tuple:
-    """What members of one family must share (and what their experiment adds)."""
+    """What members of one family must share (and what their experiment adds); the same
+    for every run in ``run.shared()``."""
+    shared = run.shared()
+    if "family_key" not in shared:
+        shared["family_key"] = _family_key(run)
+    return shared["family_key"]
+
+
+def _family_key(run: RunSpec) -> tuple:
     d, m, t = run.data, run.model, run.train
     return (
         run.experiment, d.kind, d.n_train, d.n_test, input_width(d), d.n_outputs,

@@ -89,8 +89,15 @@ def net_bytes(run: RunSpec) -> int:
 
 def plan_weights(store: StoreSpec, measure: measures.MeasureSpec, runs: Sequence[RunSpec]) -> WeightsPlan:
     """Decide ``[store] weights`` for a sweep of ``runs`` (all of them, done or not)."""
-    final = sum(net_bytes(r) for r in runs)
-    every = sum(net_bytes(r) * len(kept_steps(Kept.ALL, measure, r)) for r in runs)
+    groups: dict[int, list] = {}  # runs that differ only in their seed have one size
+    for run in runs:
+        shared = run.shared()
+        group = groups.get(id(shared))
+        if group is None:  # the group holds ``shared``, so its id is not reused meanwhile
+            group = groups[id(shared)] = [shared, net_bytes(run), len(kept_steps(Kept.ALL, measure, run)), 0]
+        group[3] += 1
+    final = sum(size * count for _, size, _, count in groups.values())
+    every = sum(size * steps * count for _, size, steps, count in groups.values())
     limit = store.limit_gib * 1024**3
     if store.weights is True:
         return WeightsPlan(Kept.ALL, every, every, final, "[store] weights = true")

@@ -162,3 +162,18 @@ def test_a_run_id_tells_apart_sections_that_compare_equal_but_print_apart():
     assert as_float.run_id != as_int.run_id
     for run in (as_float, as_int, base):  # the cached text is json.dumps of the whole config
         assert run.canonical_json() == json.dumps(run.to_config(), sort_keys=True, separators=(",", ":"))
+
+
+def test_runs_that_differ_only_in_their_seed_share_what_their_sections_fix():
+    """``RunSpec.shared``: one dict for the runs holding the same section objects (a grid of
+    seeds), another for equal but separate objects; each run's JSON is still its own."""
+    base = RunSpec(Experiment.TRAIN, DataSpec(), ModelSpec(depth=3, width=5), TrainSpec())
+    seeds = [dataclasses.replace(base, seed=s) for s in (0, 7, 12345)]
+    assert all(r.shared() is base.shared() for r in seeds)
+    copy = dataclasses.replace(base, data=dataclasses.replace(base.data), seed=7)
+    assert copy.shared() is not base.shared() and copy.run_id == seeds[1].run_id
+    for run in seeds:
+        assert run.canonical_json() == json.dumps(run.to_config(), sort_keys=True, separators=(",", ":"))
+    assert len({r.run_id for r in seeds}) == 3
+    from theoryscope.sweeps.plan import family_key
+    assert family_key(seeds[2]) is family_key(seeds[0]) and family_key(copy) == family_key(base)

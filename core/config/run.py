@@ -119,9 +119,16 @@ class RunSpec:
         are one run."""
         return self._conditional_fields.get((section, name), True)
 
-    @functools.cached_property
+    @property
     def _conditional_fields(self) -> dict[tuple[str, str], bool]:
-        """(section, field) -> whether it applies, for the fields that sometimes do not."""
+        """(section, field) -> whether it applies, for the fields that sometimes do not
+        (the same for every run in ``shared``)."""
+        shared = self.shared()
+        if "conditional" not in shared:
+            shared["conditional"] = self._find_conditional_fields()
+        return shared["conditional"]
+
+    def _find_conditional_fields(self) -> dict[tuple[str, str], bool]:
         kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
         accelerating = self.experiment is Experiment.ACCELERATION
         only_if = {
@@ -158,15 +165,34 @@ class RunSpec:
         }
         return only_if
 
-    @functools.cached_property
+    @property
     def _excluded(self) -> dict[str, frozenset[str]]:
         """Per section, its fields that cannot affect this run."""
         return _excluded_fields(tuple(self._conditional_fields.items()))
 
+    def shared(self) -> dict[str, Any]:
+        """A dict shared by every run with this experiment and these very section objects:
+        a cache for what depends on them and not on the seed. Runs that differ only in
+        their seed hold the same section objects (a grid replaces only the sections it
+        sweeps), so 10^5 seeds compute such things once."""
+        objects = (self.data, self.model, self.train)
+        key = (self.experiment, *map(id, objects))
+        seen = _SHARED_BY_SECTIONS.get(key)
+        if seen is not None and seen[0][0] is self.data and seen[0][1] is self.model and seen[0][2] is self.train:
+            return seen[1]
+        if len(_SHARED_BY_SECTIONS) >= 4096:
+            _SHARED_BY_SECTIONS.clear()
+        shared: dict[str, Any] = {}
+        _SHARED_BY_SECTIONS[key] = (objects, shared)  # holds the objects: their ids stay theirs
+        return shared
+
     def _sections(self) -> dict[str, tuple[dict[str, Any], str]]:
-        """Per section, its config and that config's canonical JSON."""
-        return {name: _section_config(getattr(self, name), _value_types(getattr(self, name)), self._excluded[name])
-                for name in RUN_SECTIONS}
+        """Per section, its config and that config's canonical JSON (shared, read-only)."""
+        shared = self.shared()
+        if "sections" not in shared:
+            shared["sections"] = {name: _section_config(getattr(self, name), _value_types(getattr(self, name)),
+                                                        self._excluded[name]) for name in RUN_SECTIONS}
+        return shared["sections"]
 
     def to_config(self) -> dict[str, Any]:
         """The run as plain JSON values, fields that cannot affect it left out; its
@@ -181,9 +207,14 @@ class RunSpec:
         """``json.dumps(to_config(), sort_keys=True, separators=(",", ":"))``, put
         together from each section's cached JSON (JSON nests: a value's text is the same
         alone and inside the whole)."""
-        parts = {name: text for name, (_, text) in self._sections().items()}
-        parts |= {"experiment": _dumps(self.experiment.value), "seed": _dumps(self.seed)}
-        return "{" + ",".join(f'"{key}":{parts[key]}' for key in _TOP_KEYS) + "}"  # plain names: no escapes
+        shared = self.shared()
+        if "json_around_seed" not in shared:
+            parts = {name: text for name, (_, text) in self._sections().items()}
+            parts |= {"experiment": _dumps(self.experiment.value), "seed": "\0"}
+            whole = "{" + ",".join(f'"{key}":{parts[key]}' for key in _TOP_KEYS) + "}"  # plain names: no escapes
+            shared["json_around_seed"] = whole.split("\0")
+        before, after = shared["json_around_seed"]
+        return before + (str(self.seed) if type(self.seed) is int else _dumps(self.seed)) + after
 
     @functools.cached_property
     def run_id(self) -> str:
@@ -191,6 +222,9 @@ class RunSpec:
         (computed once per RunSpec; the fields are frozen)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
+
+# (experiment, ids of data, model, train) -> (those objects, their ``shared`` dict).
+_SHARED_BY_SECTIONS: dict[tuple, tuple[tuple, dict]] = {}
 
 # The top-level keys of a run's config, in sorted order.
 _TOP_KEYS = tuple(sorted({*RUN_SECTIONS, "experiment", "seed"}))
