@@ -1,10 +1,11 @@
 """Named random streams derived from integer seeds.
 
-Every random draw in theoryscope comes from a ``torch.Generator`` seeded by
-``derive_seed(seed, purpose...)``: the teacher, the training inputs, the label noise,
-each member's init and batch order all have their own stream. Changing one quantity
-(n_train, label noise, the members of a family) therefore never shifts another's draws,
-and nothing touches torch's global RNG.
+Every random draw in theoryscope is named by ``derive_seed(seed, purpose...)``: the
+teacher, the training inputs, the label noise and the measures' noise come from a
+``torch.Generator`` seeded by it; each member's init and batch order from counter-based
+draws keyed by it (``core.counters``), so a whole family draws in one call. Changing one
+quantity (n_train, label noise, the members of a family) therefore never shifts
+another's draws, and nothing touches torch's global RNG.
 """
 
 from __future__ import annotations
