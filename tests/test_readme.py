@@ -194,13 +194,14 @@ def test_the_cushions_example_reports_the_premises_and_keeps_incompressible_laye
 
 @pytest.mark.slow
 def test_the_valleys_example_shows_barriers_shrinking_with_width(example_results):
-    """Freeman & Bruna: judged against their end losses, no narrow pair is connected and
-    every wide one is, by strings that have settled."""
+    """Freeman & Bruna: judged against their end losses, the narrow pairs are mostly not
+    connected (README: two of three climb over 20 %, one stays just within the 5 %
+    tolerance) and every wide one is, by strings that have settled."""
     recipe = next(sql for sql in sql_blocks() if "valleys-vs-width" in sql)
     rows = {r["width"]: r for r in run_query(example_results, recipe).to_pylist()}
     assert sorted(rows) == [4, 64] and all(r["pairs"] == r["converged"] == 3 for r in rows.values())
     narrow, wide = rows[4], rows[64]
-    assert narrow["connected"] == 0 and narrow["relative_barrier"] > 0.08  # tolerance 0.05
+    assert narrow["connected"] <= 1 and narrow["worst"] > 0.15 and narrow["relative_barrier"] > 0.08  # tolerance 0.05
     assert wide["connected"] == 3 and wide["worst"] <= 0.05
     assert wide["straight_line"] > 0.1  # the straight line between the wide nets is no valley
 
