@@ -83,13 +83,13 @@ def init_one_by_one(specs: Sequence[ModelSpec], seeds: Sequence[int], dims: Sequ
     return models.Params(stack(weights), stack(biases) if specs[0].bias else None)
 
 
+current_stack_data = trainer.stack_data  # kept before ``use_previous_engine`` replaces it
+
+
 def copied_data(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> trainer.StackedData:
     """The data as before: the inputs copied for every member."""
     data = current_stack_data(runs, dtype, device)
     return dataclasses.replace(data, x_train=data.x_train.contiguous(), x_test=data.x_test.contiguous())
-
-
-current_stack_data = trainer.stack_data
 
 
 def use_previous_engine(put: Callable[[object, str, object], None] = setattr) -> None:

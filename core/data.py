@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +91,13 @@ def input_draw(spec: DataSpec) -> DataSpec:
     are corrupted, and how), which changes only the labels. Specs with one ``input_draw``
     have equal inputs, so a family of them keeps one copy (``core.train.stack_data``)."""
     return dataclasses.replace(spec, label_noise=0.0, label_corruption=LabelCorruption.OTHER_CLASS)
+
+
+def shares_inputs(specs: Iterable[DataSpec]) -> bool:
+    """Whether data sets of these specs all have the same inputs (one ``input_draw``):
+    what decides both that a family holds its inputs once and that the plan's memory
+    estimate counts them once."""
+    return len({input_draw(spec) for spec in set(specs)}) == 1
 
 
 def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as nnf
 from theoryscope.core import counters, models
 from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec
-from theoryscope.core.data import Dataset, make_dataset
+from theoryscope.core.data import Dataset, make_dataset, shares_inputs
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.optim import Hyper, StackedOptimizer
 from theoryscope.core.precision import matmuls_at
@@ -78,9 +78,9 @@ class StackedData:
 
 def stack_data(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> StackedData:
     """Each member's data set, stacked; members with the same data spec share one draw.
-    Inputs that are the same for every member (one draw, whatever the labels: label
-    noise changes only those) are one copy, expanded over the members (a stride-0 view,
-    which ``torch.bmm`` reads as fast as a stacked copy)."""
+    Inputs that are the same for every member (one ``input_draw``, whatever the labels:
+    label noise changes only those) are one copy, expanded over the members (a stride-0
+    view, which ``torch.bmm`` reads as fast as a stacked copy)."""
     cache: dict = {}
     sets: list[Dataset] = []
     for run in runs:
@@ -88,14 +88,15 @@ def stack_data(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device
             cache[run.data] = make_dataset(run.data)
         sets.append(cache[run.data])
     classification = sets[0].classification
+    shared = shares_inputs(r.data for r in runs)
 
     def stack(name: str, labels: bool) -> torch.Tensor:
         tensors = [getattr(s, name) for s in sets]
         if labels:
             t = torch.stack(tensors)
             return t.to(device) if classification else t.to(device=device, dtype=dtype)
-        first = tensors[0]
-        if all(t is first or torch.equal(t, first) for t in tensors[1:]):
+        if shared:
+            first = tensors[0]
             return first.to(device=device, dtype=dtype).unsqueeze(0).expand(len(tensors), *first.shape)
         return torch.stack(tensors).to(device=device, dtype=dtype)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from theoryscope.core import datasets
 from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec
-from theoryscope.core.data import check_table_rows, input_draw
+from theoryscope.core.data import check_table_rows, shares_inputs
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.errors import DoesNotFit, SpecError
 from theoryscope.core.optim import STATE_TENSORS
@@ -184,7 +184,7 @@ def _split(members: list[RunSpec], max_family_size: int, total_flops: float,
     if capacity is None:
         return max_family_size, -(-len(members) // max_family_size)
     cost = member_cost(members[0])
-    if shares_inputs(members):  # then so does every part of the group
+    if shares_inputs(r.data for r in members):  # then so does every part of the group
         fits = (capacity.family_bytes - cost.input_bytes) // max(1, cost.bytes - cost.input_bytes)
     else:
         fits = capacity.family_bytes // max(1, cost.bytes)
@@ -288,7 +288,7 @@ class FamilyCost:
 @dataclass(frozen=True)
 class MemberCost:
     """One net's work and memory; ``input_bytes`` of its ``bytes`` are the inputs, which
-    members on one draw share (``shares_inputs``)."""
+    members on one draw share (``core.data.shares_inputs``)."""
 
     params: int
     flops: float
@@ -322,12 +322,6 @@ def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])
     resident = itemsize * (inputs + labels + params * (2 + states) + activations)
     return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run), itemsize * inputs)
-
-
-def shares_inputs(runs: Iterable[RunSpec]) -> bool:
-    """Whether the runs train on one draw of inputs (seeds and label noise over one data
-    spec), which a family of them holds once (``core.train.stack_data``)."""
-    return len({input_draw(data) for data in {r.data for r in runs}}) == 1
 
 
 # A logged step of one member: four metrics on the device, their float64 copy on the
@@ -370,6 +364,6 @@ def estimate_cost(family: Family) -> FamilyCost:
     """A whole family's parameters per member, FLOPs and resident bytes (the inputs once
     when its members share them)."""
     cost = member_cost(family.exemplar)
-    copies = 1 if shares_inputs(family.runs) else family.size
+    copies = 1 if shares_inputs(r.data for r in family.runs) else family.size
     resident = (cost.bytes - cost.input_bytes) * family.size + cost.input_bytes * copies
     return FamilyCost(cost.params, cost.flops * family.size, resident)
