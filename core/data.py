@@ -38,10 +38,9 @@ nested are linear-modes (a QR of the whole training set) and the labels that
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +48,7 @@ import torch
 
 from theoryscope.core import datasets
 from theoryscope.core.config import REAL_DATA, DataKind, DataSpec, LabelCorruption
-from theoryscope.core.datasets.table import read_table
-from theoryscope.core.errors import SpecError
+from theoryscope.core.datasets.table import check_table_rows, read_table
 from theoryscope.core.seeding import generator
 
 F64 = torch.float64
@@ -86,20 +84,6 @@ def make_dataset(spec: DataSpec) -> Dataset:
 
 
 @functools.lru_cache(maxsize=4096)
-def input_draw(spec: DataSpec) -> DataSpec:
-    """What fixes a data set's inputs: its spec without the label noise (how many labels
-    are corrupted, and how), which changes only the labels. Specs with one ``input_draw``
-    have equal inputs, so a family of them keeps one copy (``core.train.stack_data``)."""
-    return dataclasses.replace(spec, label_noise=0.0, label_corruption=LabelCorruption.OTHER_CLASS)
-
-
-def shares_inputs(specs: Iterable[DataSpec]) -> bool:
-    """Whether data sets of these specs all have the same inputs (one ``input_draw``):
-    what decides both that a family holds its inputs once and that the plan's memory
-    estimate counts them once."""
-    return len({input_draw(spec) for spec in set(specs)}) == 1
-
-
 def _randn(rows: int, *shape: int, stream: torch.Generator) -> torch.Tensor:
     """``rows`` standard normal rows, the first rows of any longer draw from the same
     stream: torch draws normals in blocks of 16 and redraws a partial last block, so we
@@ -187,18 +171,11 @@ def _lp_table(s: DataSpec) -> Dataset:
     """Rows of the table at ``data.path``: a permutation from the data seed puts the first
     ``n_test`` in the test set and the next ``n_train`` in the training set."""
     table = read_table(s.path, s.target_column)
-    check_table_rows(s)
+    check_table_rows(s, table)
     order = torch.randperm(len(table.y), generator=generator(s.seed, "lp-table", "split")).numpy()
     test, train = order[:s.n_test], order[s.n_test:s.n_test + s.n_train]
     x, y = torch.from_numpy(table.x), torch.from_numpy(table.y).unsqueeze(1)
     return Dataset(x[train], y[train], x[test], y[test], False, 1)
-
-
-def check_table_rows(s: DataSpec) -> None:
-    rows = len(read_table(s.path, s.target_column).y)
-    if s.n_train + s.n_test > rows:
-        raise SpecError(f"data.n_train: n_train + n_test = {s.n_train + s.n_test} is more than the {rows} "
-                        f"complete rows of {s.path}")
 
 
 def linear_modes_target(s: DataSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

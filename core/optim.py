@@ -109,9 +109,8 @@ def _adadelta(g, state, h, _t):
 RULES: dict[Optimizer, Rule] = {Optimizer.GD: _gd, Optimizer.SGD: _sgd, Optimizer.ADAM: _adam,
                                 Optimizer.ADAGRAD: _adagrad, Optimizer.ADADELTA: _adadelta}
 
-# Tensors of optimizer state per parameter tensor: SGD's momentum buffer, Adam's two
-# moments, AdaGrad's sum of squared gradients, AdaDelta's two running averages.
-STATE_TENSORS = {Optimizer.GD: 0, Optimizer.SGD: 1, Optimizer.ADAM: 2, Optimizer.ADAGRAD: 1, Optimizer.ADADELTA: 2}
+# Tensors of optimizer state per parameter tensor (``Optimizer.state_tensors``).
+STATE_TENSORS = {kind: kind.state_tensors for kind in Optimizer}
 
 
 class StackedOptimizer:

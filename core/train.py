@@ -24,8 +24,8 @@ import torch.nn.functional as nnf
 
 from theoryscope.core import counters, models
 from theoryscope.core.checkpoint import Checkpoint
-from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec
-from theoryscope.core.data import Dataset, make_dataset, shares_inputs
+from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec, shares_inputs
+from theoryscope.core.data import Dataset, make_dataset
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.optim import Hyper, StackedOptimizer
 from theoryscope.core.precision import matmuls_at

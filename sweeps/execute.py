@@ -14,20 +14,17 @@ rows are published.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import time
 from dataclasses import dataclass
 
 import pyarrow as pa
-import torch
 
-from theoryscope.core.allocator import keep_freed_memory
 from theoryscope.core.config import RunSpec
-from theoryscope.core.train import describe_device, pick_device
 from theoryscope.storage.location import FilePath, ResultsLike
 from theoryscope.storage.parquet import (
     Publication, mark_published, partition_dir, publications, table_path, write_atomic,
 )
-from theoryscope.sweeps.checkpoints import Checkpointer
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.measures import MeasureSpec
 from theoryscope.sweeps.records import RunStatus, failed_family_table, trained_family_tables
@@ -72,6 +69,10 @@ class FamilyOutcome:
 def execute_family(job: FamilyJob) -> FamilyOutcome:
     """Train ``job``'s family and publish its rows. An exception in training is recorded
     as ``status = 'failed'`` rows carrying the message, not raised."""
+    from theoryscope.core.allocator import keep_freed_memory
+    from theoryscope.core.train import describe_device, pick_device
+    from theoryscope.sweeps.checkpoints import Checkpointer
+
     started = time.perf_counter()
     keep_freed_memory()
     device = pick_device(job.num_gpus)
@@ -127,14 +128,28 @@ def _published_before(rows: pa.Table) -> tuple[str, ...]:
 def execute_in_worker(job: FamilyJob, num_threads: int) -> FamilyOutcome:
     """``execute_family`` in a dedicated worker process: torch uses exactly the CPUs the
     scheduler granted, so families sharing a node do not oversubscribe it."""
+    import torch
+
     torch.set_num_threads(max(1, num_threads))
     return execute_family(job)
 
 
+# What a family's task imports beyond this module (which reads results without torch).
+TRAINING_MODULES = (
+    "torch", "theoryscope.core.train", "theoryscope.core.accelerate", "theoryscope.core.dynamics",
+    "theoryscope.core.measures.bound", "theoryscope.core.measures.complexity", "theoryscope.core.measures.cushion",
+    "theoryscope.core.measures.valley", "theoryscope.sweeps.checkpoints", "theoryscope.storage.tensors",
+)
+
+
 def warm_worker() -> None:
-    """Nothing but being run: a worker that runs it has imported this module, and with
-    it torch, the trainers, the measures and storage, which a family's first task would
+    """Nothing but loading: a worker that runs it has imported torch, the trainers, the
+    measures and storage (``TRAINING_MODULES``), which a family's first task would
     otherwise wait for; one matmul starts torch's thread pool."""
+    for name in TRAINING_MODULES:
+        importlib.import_module(name)
+    import torch
+
     torch.ones(2, 2) @ torch.ones(2, 2)
 
 

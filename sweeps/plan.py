@@ -18,11 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from theoryscope.core import datasets
-from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec
-from theoryscope.core.data import check_table_rows, shares_inputs
-from theoryscope.core.datasets.table import input_width
+from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec, shares_inputs
+from theoryscope.core.datasets.table import check_table_rows, input_width
 from theoryscope.core.errors import DoesNotFit, SpecError
-from theoryscope.core.optim import STATE_TENSORS
 from theoryscope.sweeps import measures
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.spec import SweepSpec
@@ -288,7 +286,7 @@ class FamilyCost:
 @dataclass(frozen=True)
 class MemberCost:
     """One net's work and memory; ``input_bytes`` of its ``bytes`` are the inputs, which
-    members on one draw share (``core.data.shares_inputs``)."""
+    members on one draw share (``core.config.shares_inputs``)."""
 
     params: int
     flops: float
@@ -315,8 +313,8 @@ def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train
     n_logs = t.n_log_steps
     evaluated = d.n_test + (0 if full_batch else d.n_train)
     flops = t.steps * 6.0 * batch * weights + n_logs * 2.0 * evaluated * weights
-    itemsize = 8 if t.dtype.value == "float64" else 4
-    states = STATE_TENSORS[t.optimizer]
+    itemsize = t.dtype.itemsize
+    states = t.optimizer.state_tensors
     inputs = (d.n_train + d.n_test) * input_width(d)
     labels = (d.n_train + d.n_test) * d.n_outputs
     activations = 3 * max(batch, d.n_test) * sum(dims[1:])

@@ -6,14 +6,17 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from theoryscope.core.config import RUN_SECTIONS, Choice, RunSpec, is_hashed
 from theoryscope.core.measures.overtraining import theory_optimal_stopping, theory_test_loss, theory_train_loss
-from theoryscope.core.train import FamilyResult
 from theoryscope.storage import schemas
+
+if TYPE_CHECKING:
+    from theoryscope.core.train import FamilyResult
 
 # Config fields whose column name is not the field's own name.
 RENAMED = {("data", "kind"): "dataset", ("model", "kind"): "model", ("data", "seed"): "data_seed"}

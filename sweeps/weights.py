@@ -21,25 +21,29 @@ import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
-from theoryscope.core import models
 from theoryscope.core.config import Experiment, RunSpec
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.errors import StorageError
-from theoryscope.core.linear_start import initial_factors
-from theoryscope.core.train import DTYPES, FamilyResult
 from theoryscope.storage.location import (
     ResultsLike, existing_root, list_partitions, read_parquet, remove, results_root, root_text,
 )
 from theoryscope.storage.parquet import partition_dir, scan
-from theoryscope.storage.tensors import NAMES, read_header, read_member, write_tensors
 from theoryscope.sweeps import measures
 from theoryscope.sweeps.plan import member_cost
 from theoryscope.sweeps.spec import KeepWeights, StoreSpec
+
+# torch and core's trainers and measures load in the functions that train or measure, so that
+# reading results, planning and the CLI's --help, query and status do without them.
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core import models
+    from theoryscope.core.train import FamilyResult
 
 WEIGHTS = pa.schema([
     ("sweep", pa.string()),
@@ -84,7 +88,7 @@ def kept_steps(kept: Kept, measure: measures.MeasureSpec, run: RunSpec) -> list[
 
 def net_bytes(run: RunSpec) -> int:
     """Bytes of one net of ``run``, its weights and biases in the dtype it trains in."""
-    return member_cost(run).params * torch.empty((), dtype=DTYPES[run.train.dtype]).element_size()
+    return member_cost(run).params * run.train.dtype.itemsize
 
 
 def plan_weights(store: StoreSpec, measure: measures.MeasureSpec, runs: Sequence[RunSpec]) -> WeightsPlan:
@@ -122,6 +126,10 @@ def write_family_weights(results: ResultsLike, sweep: str, family_id: str, runs:
                          result: FamilyResult, steps: Sequence[int]) -> pa.Table:
     """Write a trained family's kept steps to its safetensors file (atomically) and
     return its ``weights`` rows; nothing is written without steps."""
+    import torch
+
+    from theoryscope.storage.tensors import NAMES, write_tensors
+
     if not steps:
         return WEIGHTS.empty_table()
     final = runs[0].train.steps
@@ -169,6 +177,9 @@ def index(results: ResultsLike, sweep: str, run_id: str | None = None) -> pa.Tab
 def load(results: ResultsLike, sweep: str, run_id: str, step: int | None = None) -> models.Params:
     """Run ``run_id``'s net at ``step`` (None: its final weights) as plain CPU tensors,
     layer 1 first, in the dtype it trained in; biases None for a net without them."""
+    from theoryscope.core import models
+    from theoryscope.storage.tensors import read_header, read_member
+
     rows = index(results, sweep, run_id).to_pylist()
     if not rows:
         raise StorageError(f"no weights of run {run_id!r} in sweep {sweep!r} under {root_text(results)}: the sweep "
@@ -191,6 +202,9 @@ def init(run: RunSpec) -> models.Params:
     """The net ``run`` started from, rebuilt from its seed (float64, CPU; training casts
     it to ``train.dtype``): ``models.init_member`` for experiment "train", the factors
     of the common end-to-end start (``core.linear_start``) for the deep linear ones."""
+    from theoryscope.core import models
+    from theoryscope.core.linear_start import initial_factors
+
     if run.experiment is Experiment.TRAIN:
         dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
         return models.init_member(run.model, dims, run.seed)
@@ -200,6 +214,11 @@ def init(run: RunSpec) -> models.Params:
 def family_init(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> models.Params:
     """``init`` of every member of a family, stacked ``[F, ...]``: drawn for the whole
     family at once for experiment "train" (``models.init_family``)."""
+    import torch
+
+    from theoryscope.core import models
+    from theoryscope.core.linear_start import initial_factors
+
     first = runs[0]
     if first.experiment is Experiment.TRAIN:
         dims = first.model.layer_dims(input_width(first.data), first.data.n_outputs)

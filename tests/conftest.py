@@ -63,8 +63,8 @@ def fail_families(monkeypatch):
                 raise RuntimeError(message)
             return real(runs, device, *rest)
 
-        monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", flaky)
-        return lambda: monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", real)
+        monkeypatch.setattr("theoryscope.core.train.train_family", flaky)
+        return lambda: monkeypatch.setattr("theoryscope.core.train.train_family", real)
 
     return arrange
 

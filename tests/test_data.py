@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from theoryscope.core.config import DataKind, DataSpec, LabelCorruption
-from theoryscope.core.data import input_draw, linear_teacher_variances, make_dataset
+from theoryscope.core.data import linear_teacher_variances, make_dataset
 
 
 @pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files])
@@ -26,7 +26,7 @@ def test_same_spec_same_data(kind):
 
 @pytest.mark.parametrize("kind", [k for k in DataKind if not k.reads_files and k is not DataKind.LINEAR_MODES])
 def test_label_noise_leaves_inputs_and_test_inputs_alone(kind):
-    """What ``input_draw`` (the plan's memory estimate of shared inputs) relies on."""
+    """What ``DataSpec.input_draw`` (the plan's memory estimate of shared inputs) relies on."""
     specs = [DataSpec(kind=kind, n_train=40, n_test=20, input_dim=4, label_noise=noise) for noise in (0.0, 0.5)]
     if kind.is_classification:
         specs.append(dataclasses.replace(specs[1], label_corruption=LabelCorruption.UNIFORM))
@@ -35,8 +35,8 @@ def test_label_noise_leaves_inputs_and_test_inputs_alone(kind):
         assert torch.equal(clean.x_train, other.x_train)
         assert torch.equal(clean.x_test, other.x_test)
         assert not torch.equal(clean.y_train, other.y_train)
-    assert len({input_draw(s) for s in specs}) == 1
-    assert input_draw(dataclasses.replace(specs[0], seed=1)) != input_draw(specs[0])
+    assert len({s.input_draw() for s in specs}) == 1
+    assert dataclasses.replace(specs[0], seed=1).input_draw() != specs[0].input_draw()
 
 
 def test_teacher_is_fixed_across_n_train():

@@ -203,7 +203,7 @@ def test_a_launch_holds_the_lease_and_releases_it_on_error(results, monkeypatch)
 
 def test_a_launch_refused_by_a_live_lease_writes_nothing(results, monkeypatch):
     plant(results, pid=os.getppid())
-    monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr("theoryscope.core.train.train_family", lambda *a: pytest.fail("trained"))
     plan = prepare(parse_spec(SMALL_SPEC), results)
     with pytest.raises(LeaseHeld, match=f"theoryscope resume small --results {results.resolve()}"):
         launch(plan, results, LocalBackend())
@@ -230,7 +230,7 @@ def test_a_results_directory_that_cannot_be_written_is_refused_before_training(r
 
     plan = prepare(parse_spec(SMALL_SPEC), results)
     monkeypatch.setattr(Path, "mkdir", refuse)
-    monkeypatch.setattr("theoryscope.sweeps.experiments.train.train_family", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr("theoryscope.core.train.train_family", lambda *a: pytest.fail("trained"))
     with pytest.raises(StorageError) as refused:
         launch(plan, results, LocalBackend())
     assert str(refused.value) == \

@@ -7,11 +7,11 @@ from theoryscope.core.config.fields import Choice, FieldError, is_finite, is_has
 from theoryscope.core.config.run import RUN_SECTIONS, RunSpec
 from theoryscope.core.config.sections import (
     REAL_DATA, Activation, DataKind, DataSpec, DType, Experiment, Init, LabelCorruption, MatmulPrecision, ModelKind,
-    ModelSpec, Objective, Optimizer, Overparam, RealData, TrainSpec,
+    ModelSpec, Objective, Optimizer, Overparam, RealData, TrainSpec, shares_inputs,
 )
 
 __all__ = [
     "REAL_DATA", "RUN_SECTIONS", "Activation", "Choice", "DType", "DataKind", "DataSpec", "Experiment", "FieldError",
     "Init", "LabelCorruption", "MatmulPrecision", "ModelKind", "ModelSpec", "Objective", "Optimizer", "Overparam", "RealData", "RunSpec",
-    "TrainSpec", "is_finite", "is_hashed", "require",
+    "TrainSpec", "is_finite", "is_hashed", "require", "shares_inputs",
 ]

@@ -7,6 +7,8 @@ repeats them). Values are checked when a section is built; what depends on two s
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -100,10 +102,21 @@ class Optimizer(Choice):
     ADAGRAD = "adagrad"    # Duchi, Hazan & Singer 2011
     ADADELTA = "adadelta"  # Zeiler 2012
 
+    @property
+    def state_tensors(self) -> int:
+        """Tensors of state per parameter tensor: SGD's momentum buffer, Adam's two
+        moments, AdaGrad's sum of squared gradients, AdaDelta's two running averages."""
+        return {"gd": 0, "sgd": 1, "adam": 2, "adagrad": 1, "adadelta": 2}[self.value]
+
 
 class DType(Choice):
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes of one number."""
+        return 8 if self is DType.FLOAT64 else 4
 
 
 class MatmulPrecision(Choice):
@@ -209,6 +222,13 @@ class DataSpec:
     def from_table(self) -> bool:
         """lp-regression read from a table file rather than drawn."""
         return self.kind is DataKind.LP_REGRESSION and bool(self.path)
+
+    def input_draw(self) -> DataSpec:
+        """What fixes the data set's inputs: this spec without the label noise (how many
+        labels are corrupted, and how), which changes only the labels. Specs with one
+        ``input_draw`` have equal inputs, so a family of them keeps one copy
+        (``core.train.stack_data``)."""
+        return dataclasses.replace(self, label_noise=0.0, label_corruption=LabelCorruption.OTHER_CLASS)
 
     @property
     def n_inputs(self) -> int:
@@ -416,3 +436,9 @@ class TrainSpec:
         steps = np.arange(0, self.steps + 1, self.log_every, dtype=np.int64)
         return steps if steps[-1] == self.steps else np.append(steps, np.int64(self.steps))
 
+
+def shares_inputs(specs: Iterable[DataSpec]) -> bool:
+    """Whether data sets of these specs all have the same inputs (one ``input_draw``):
+    what decides both that a family holds its inputs once and that the plan's memory
+    estimate counts them once."""
+    return len({spec.input_draw() for spec in set(specs)}) == 1

@@ -86,3 +86,12 @@ def _load(path: str) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as exc:
         raise SpecError(f"data.path: cannot read {path} as a {'Parquet' if path.endswith('.parquet') else 'CSV'} "
                         f"table ({first_line(exc)})") from None
+
+
+def check_table_rows(s: DataSpec, table: RegressionTable | None = None) -> None:
+    """``SpecError`` unless the table at ``data.path`` (``table``, once read) has rows
+    enough for ``n_train + n_test``."""
+    rows = len((table or read_table(s.path, s.target_column)).y)
+    if s.n_train + s.n_test > rows:
+        raise SpecError(f"data.n_train: n_train + n_test = {s.n_train + s.n_test} is more than the {rows} "
+                        f"complete rows of {s.path}")

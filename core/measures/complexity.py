@@ -36,31 +36,16 @@ from collections.abc import Callable
 import torch
 
 from theoryscope.core import models
+from theoryscope.core.measures.complexity_defaults import (
+    HESSIAN_ITERATIONS, MAGNITUDE_EPS, PACBAYES_DRAWS, PACBAYES_STEPS, PACBAYES_TARGET, PACBAYES_TOLERANCE,
+    SHARPNESS_ALPHA, SHARPNESS_STEPS, SIGMA_RANGE,
+)
 from theoryscope.core.measures.compression import margins as classification_margins
 from theoryscope.core.measures.cushion import weight_norms
 from theoryscope.core.train import StackedData, member_losses
 
 Tensor = torch.Tensor
 
-# Jiang et al. 2020, Appendix C: sigma is searched for a deviation of 0.1 of the training
-# accuracy; the magnitude-aware noise and box have the floor eps = 1e-3.
-PACBAYES_TARGET = 0.1
-MAGNITUDE_EPS = 1e-3
-# Monte Carlo draws and bisection steps of the sigma search: modest (Jiang's reference code
-# uses 10 and 15) so that the measures stay cheap beside training; options of pacbayes().
-PACBAYES_DRAWS = 8
-PACBAYES_STEPS = 12
-# A member's search ends at a sigma whose deviation is this close to the target
-# (Dziugaite et al. 2020's reference code: displacement_tolerance = 1e-2).
-PACBAYES_TOLERANCE = 0.01
-# The sigma search bisects log(sigma) within this range: uniform relative precision
-# (12 steps resolve a factor (1e6)^(1/4096), 0.3 %) for sharp and flat nets alike.
-SIGMA_RANGE = (1e-5, 10.0)
-# Sharpness: the box radius alpha (|w| + eps) and the number of projected ascent steps.
-SHARPNESS_ALPHA = 0.05
-SHARPNESS_STEPS = 10
-# Lanczos steps (Hessian-vector products) of hessian_top.
-HESSIAN_ITERATIONS = 10
 # Largest number of elements (perturbed parameters plus activations) one batched forward
 # of perturbed nets holds; the draws are evaluated in chunks that fit. Cache-sized: on a
 # CPU, 8 draws of a 64-member width-64 family cost 9.4 plain forwards in chunks of this

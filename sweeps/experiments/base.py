@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
-import torch
 
-from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import Experiment, RunSpec
-from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.figures import Figure
 
-# (sweep, the family's runs, the sweep's [measure] section, device, checkpoint) -> the
-# family's curves and weights, and its tables beside runs and curves.
-Train = Callable[[str, Sequence[RunSpec], Any, torch.device, Checkpoint],
-                 tuple[FamilyResult, dict[str, pa.Table]]]
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core.checkpoint import Checkpoint
+    from theoryscope.core.train import FamilyResult
+
+
+class Train(Protocol):
+    """(sweep, the family's runs, the sweep's [measure] section, device, checkpoint) ->
+    the family's curves and weights, and its tables beside runs and curves."""
+
+    def __call__(self, sweep: str, runs: Sequence[RunSpec], measure: Any, device: torch.device,
+                 checkpoint: Checkpoint, /) -> tuple[FamilyResult, dict[str, pa.Table]]: ...
 
 
 def _no_bytes(_: RunSpec) -> int:
@@ -46,7 +52,9 @@ class ExperimentKind:
     others; ``figures``: what a report draws of it. ``per_step_bytes(run)``: memory a
     member keeps for *every* step, not only the logged ones (for packing).
     ``family_key(run)``: what members of one family must share beyond the common key
-    (``sweeps.plan.family_key``).
+    (``sweeps.plan.family_key``). ``defaults``: dotted field -> the value it takes in
+    this experiment when the spec neither sets nor sweeps it (where the general default
+    is not valid here).
     """
 
     experiment: Experiment
@@ -58,3 +66,4 @@ class ExperimentKind:
     figures: tuple[Figure, ...] = ()
     per_step_bytes: Callable[[RunSpec], int] = _no_bytes
     family_key: Callable[[RunSpec], tuple] = _no_key
+    defaults: Mapping[str, Any] = field(default_factory=dict)

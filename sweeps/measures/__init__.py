@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from theoryscope.core.config import RunSpec
-from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.measures import complexity, cushions, overtraining, valleys
 from theoryscope.sweeps.measures.base import Grid, Measure
+
+if TYPE_CHECKING:
+    from theoryscope.core.train import FamilyResult
 
 MEASURES: dict[str, Measure] = {m.name: m for m in (cushions.MEASURE, valleys.MEASURE, overtraining.MEASURE,
                                                     complexity.MEASURE)}

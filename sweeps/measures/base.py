@@ -12,16 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
 from theoryscope.core.config import RunSpec
-from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.figures import Figure
 
+if TYPE_CHECKING:
+    from theoryscope.core.train import FamilyResult
+
 Grid = tuple[tuple[str, tuple[Any, ...]], ...]  # SweepSpec.grid: (dotted path, values) in spec order
-Rows = Callable[[Any, str, Sequence[RunSpec], FamilyResult], dict[str, pa.Table]]
+
+
+class Rows(Protocol):
+    """(the measure's options, sweep, the family's runs, its training result) -> its tables."""
+
+    def __call__(self, options: Any, sweep: str, runs: Sequence[RunSpec], result: FamilyResult, /
+                 ) -> dict[str, pa.Table]: ...
 
 
 def _nothing(*_: Any) -> None:
