@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from theoryscope.core.config import Choice
 from theoryscope.core.errors import DoesNotFit, TheoryscopeError
@@ -25,17 +26,39 @@ from theoryscope.storage.query import DEFAULT_TIMEOUT
 from theoryscope.sweeps.analyze import analyze as rank_measures
 from theoryscope.sweeps.capacity import local_capacity
 from theoryscope.sweeps.dispatch import BackendName, sigint_ignored
-from theoryscope.sweeps.display import arrow_view, as_text, plan_view, ranked_view, status_view, summary_view
+from theoryscope.sweeps.display import (
+    as_text, counted, plan_view, query_view, ranked_view, status_view, summary_view,
+)
 from theoryscope.sweeps.execute import FamilyOutcome
 from theoryscope.sweeps.launch import LaunchEvents, LaunchSummary, resume_sweep, run_sweep
 from theoryscope.sweeps.load import check_name, load_spec
 from theoryscope.sweeps.plan import Plan, pack_plan, plan_sweep, planned_runs
 from theoryscope.sweeps.progress import PlanningProgress, SweepProgress
 from theoryscope.sweeps.status import sweep_status
-from theoryscope.sweeps.tables import debris, describe_views, run_query
+from theoryscope.sweeps.tables import TABLES, VIEWS, debris, describe_views, run_query
+
+
+
+def untyped_flags(params: list) -> list:
+    """Flags take no value: --help shows no ``<bool>`` type beside them."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx):
+        return untyped_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx):
+        return untyped_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
-    name="theoryscope", add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+    name="theoryscope", cls=Group, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train families of nets across a grid on Ray, measure them, and query the results with SQL.\n\n"
          "Example: theoryscope launch examples/quickstart.toml && theoryscope query \"SELECT depth, "
          "avg(test_loss) FROM runs GROUP BY depth\"",
@@ -46,6 +69,7 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_INTERRUPTED = 130
+TEXT_WIDTH = 200  # columns of a table written to a file
 
 
 class Format(Choice):
@@ -139,7 +163,7 @@ def report_debris(results: str) -> None:
              "(launch or resume removes them): " + ", ".join(map(str, (found.damaged + found.leftovers)[:5])))
 
 
-@app.command(epilog="Example: theoryscope plan examples/quickstart.toml")
+@app.command(cls=Command, epilog="Example: theoryscope plan examples/quickstart.toml")
 def plan(spec: SpecPath) -> None:
     """Dry run: the runs, families (packed for this machine) and resources a spec would use.
     Runs nothing."""
@@ -155,7 +179,7 @@ def plan(spec: SpecPath) -> None:
     out.print(plan_view(the_plan), highlight=False)
 
 
-@app.command(epilog="Examples: theoryscope launch examples/quickstart.toml  ·  theoryscope launch spec.toml "
+@app.command(cls=Command, epilog="Examples: theoryscope launch examples/quickstart.toml  ·  theoryscope launch spec.toml "
                      "--address ray://head:10001 --results /shared/results  ·  theoryscope launch spec.toml --json")
 def launch(
     spec: SpecPath,
@@ -185,7 +209,7 @@ def launch(
                 events, results, address, backend)
 
 
-@app.command(epilog="Example: theoryscope resume quickstart --retry-failed")
+@app.command(cls=Command, epilog="Example: theoryscope resume quickstart --retry-failed")
 def resume(
     name: Annotated[str, typer.Argument(help="The sweep to finish.", show_default=False)],
     results: Results = "results",
@@ -242,10 +266,15 @@ class TerminalEvents(LaunchEvents):
             say(f"the name {self.requested!r} is taken by a different spec: launching as {plan.sweep!r}",
                 self.silent)
         total = sum(f.size for f in plan.families)
-        say(f"sweep {plan.sweep}: {len(plan.runs)} runs planned, {len(plan.runs) - total} already done, {total} to "
-            f"run in {len(plan.families)} families ({self.backend.value} backend)", self.silent)
         if not plan.families:
-            say("nothing to run: every planned run is in the results already", self.silent)
+            say(f"sweep {plan.sweep}: nothing to run; all {len(plan.runs)} planned runs are in the results", self.silent)
+            return
+        say(f"sweep {plan.sweep}: {counted(len(plan.runs), 'run')} planned, {len(plan.runs) - total} already done, "
+            f"{total} to run in {counted(len(plan.families), 'family', 'families')} ({self.backend.value} backend)",
+            self.silent)
+        for note in plan.notes:
+            if not self.silent:
+                warn(note)
         self.bar = SweepProgress(plan, out, enabled=not self.silent).__enter__()
 
     def done(self, outcome: FamilyOutcome) -> None:
@@ -299,7 +328,7 @@ def report_summary(summary: LaunchSummary, sweep: str, results: str, address: st
              + ", ".join(map(str, summary.removed[:5])))
     if mode is Mode.JSON:
         sys.stdout.write(json.dumps(summary_json(summary), indent=2) + "\n")
-    elif mode is Mode.NORMAL:
+    elif mode is Mode.NORMAL and summary.families:
         out.print(summary_view(summary), highlight=False)
     for outcome in summary.outcomes:
         if outcome.error:
@@ -327,7 +356,7 @@ def resume_command(sweep: str, results: str, address: str | None, backend: Backe
     return shlex.join(words)
 
 
-@app.command(epilog="Example: theoryscope submit examples/quickstart.toml --to http://HEAD:8265 "
+@app.command(cls=Command, epilog="Example: theoryscope submit examples/quickstart.toml --to http://HEAD:8265 "
                      "--results /shared/results --wait")
 def submit(
     spec: SpecPath,
@@ -361,7 +390,7 @@ def submit(
             raise typer.Exit(1)
 
 
-@app.command(epilog="Examples: theoryscope status  ·  theoryscope status quickstart --json")
+@app.command(cls=Command, epilog="Examples: theoryscope status  ·  theoryscope status quickstart --json")
 def status(
     name: Annotated[Optional[str], typer.Argument(help="One sweep (default: all).", show_default=False)] = None,
     results: Results = "results",
@@ -387,10 +416,11 @@ def status(
                       + f"; finish with: {hint}" + (" --retry-failed" if s.failed else ""), highlight=False)
 
 
-@app.command(epilog="Examples: theoryscope query \"SELECT depth, avg(test_loss) FROM runs GROUP BY depth\"  ·  "
+@app.command(cls=Command, epilog="Examples: theoryscope query \"SELECT depth, avg(test_loss) FROM runs GROUP BY depth\"  ·  "
                      "theoryscope query \"SELECT * FROM curves\" --format parquet --out curves.parquet")
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views runs, curves, sweeps.", show_default=False)],
+    sql: Annotated[str, typer.Argument(help=f"SQL over the views {', '.join([*TABLES, *VIEWS.derived])} "
+                                            "(theoryscope tables lists their columns).", show_default=False)],
     results: Results = "results",
     fmt: Annotated[Format, typer.Option("--format", help="Output format (parquet needs --out).")] = Format.TABLE,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
@@ -412,9 +442,9 @@ def query(
             return
         if fmt is Format.TABLE:
             if out_file is not None:
-                write_text_atomic(as_text(arrow_view(table)), out_file)
+                write_text_atomic(as_text(query_view(table, TEXT_WIDTH), TEXT_WIDTH), out_file)
             else:
-                out.print(arrow_view(table), highlight=False)
+                out.print(query_view(table, out.width), highlight=False, soft_wrap=True)
             return
         text = to_csv(table) if fmt is Format.CSV else to_json(table)
         if out_file is not None:
@@ -423,7 +453,7 @@ def query(
             sys.stdout.write(text)
 
 
-@app.command(epilog="Example: theoryscope report quickstart --out reports/quickstart")
+@app.command(cls=Command, epilog="Example: theoryscope report quickstart --out reports/quickstart")
 def report(
     name: Annotated[str, typer.Argument(help="The sweep to draw.", show_default=False)],
     results: Results = "results",
@@ -435,10 +465,10 @@ def report(
 
     with user_errors():
         made = build_report(results, name, out_dir or Path("reports") / name)
-    out.print(f"{len(made.figures)} figures: {made.page}")
+    out.print(f"{counted(len(made.figures), 'figure')}: {made.page}", highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Examples: theoryscope analyze generalization-measures  ·  theoryscope analyze NAME "
+@app.command(cls=Command, epilog="Examples: theoryscope analyze generalization-measures  ·  theoryscope analyze NAME "
                      "--target test_error --measures log_prod_spec,compression_bound")
 def analyze(
     name: Annotated[str, typer.Argument(help="The sweep to analyze.", show_default=False)],
@@ -464,7 +494,7 @@ def analyze(
     out.print(ranked_view(done), highlight=False)
 
 
-@app.command(epilog="Example: theoryscope tables --results results")
+@app.command(cls=Command, epilog="Example: theoryscope tables --results results")
 def tables(results: Results = "results") -> None:
     """The views you can query and their columns."""
     from rich.table import Table

@@ -144,11 +144,21 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"query failed: {first_line(exc)}") from None
     if len(statements) != 1:
         raise QueryError(f"query refused: one statement at a time, got {len(statements)}")
-    kind = statements[0].type
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement type this duckdb's Python API has no name for: not a read
+        kind = None
     if kind not in READ_ONLY:
-        raise QueryError(
-            f"query refused: {kind.name} statements are not allowed; queries are read-only "
-            f"(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); write results with --format csv|json|parquet --out FILE")
+        raise _refused(statements[0].query)
+
+
+def _refused(statement: str) -> QueryError:
+    """The refusal of a statement, named as written (DuckDB files INSTALL under LOAD)."""
+    words = statement.split()
+    keyword = " ".join(words[:2] if words[0].upper() == "FORCE" else words[:1]).upper()
+    return QueryError(
+        f"query refused: {keyword} statements are not allowed; queries are read-only "
+        f"(SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN); write results with --format csv|json|parquet --out FILE")
 
 
 def lock_down(con: duckdb.DuckDBPyConnection, results: ResultsLike, memory_limit: str = MEMORY_LIMIT,

@@ -83,8 +83,9 @@ class RayBackend:
 
     With no address (and no ``RAY_ADDRESS``) ``ray.init`` starts a local Ray on this
     machine: no dashboard, every port bound to 127.0.0.1, Ray's token authentication
-    left as Ray sets it, and health checks patient enough for a machine whose every core
-    is busy. With an address it joins that cluster and ships theoryscope's packages to
+    left as Ray sets it (on, unless ``RAY_AUTH_MODE`` says otherwise; Ray's warning that
+    it is on by default, printed on every start, is kept off the terminal: README says
+    it once), and health checks patient enough for a machine whose every core is busy. With an address it joins that cluster and ships theoryscope's packages to
     it. A Ray session already open in this process (a notebook, a test) is reused, and
     left open by ``close``.
     """
@@ -126,6 +127,7 @@ class RayBackend:
                     options["runtime_env"] = {"py_modules": [str(stage_package(staging))]}
                 else:
                     options |= {"_node_ip_address": LOOPBACK, "_system_config": EMBEDDED_SYSTEM_CONFIG}
+                    stack.enter_context(_quiet_logger(AUTH_SETUP_LOGGER))
                 stack.enter_context(sigint_ignored(not self.address))
                 stack.enter_context(_loopback_only(not self.address))
                 # "local": a new Ray of our own. With no address Ray would join whatever
@@ -273,6 +275,22 @@ EMBEDDED_SYSTEM_CONFIG = {"health_check_timeout_ms": 20_000, "health_check_perio
 MAX_LOCAL_RESTARTS = 2
 # How long ``close`` lets the workers' warm-up imports finish before shutting down.
 WARM_WAIT_SECONDS = 10.0
+
+
+# Where Ray 2.60 says, on every start of a local Ray, that token authentication is on.
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Errors only from logger ``name`` while the block runs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,11 @@ from theoryscope.sweeps.weights import Kept, plan_weights
 SHOWN = 20
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun in its number: 1 family, 2 families."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -37,13 +42,15 @@ def plan_view(plan: Plan) -> RenderableType:
     axes = ", ".join(f"{k} ({len(v)})" for k, v in spec.grid) or "none"
     costs = [estimate_cost(f) for f in plan.families]
     todo = sum(f.size for f in plan.families)
-    head = Text(f"sweep {plan.sweep} ({spec.experiment.value}): {len(plan.runs)} runs in "
-                f"{len(plan.families)} families; grid: {axes}")
+    head = Text(f"sweep {plan.sweep} ({spec.experiment.value}): {counted(len(plan.runs), 'run')} in "
+                f"{counted(len(plan.families), 'family', 'families')}; grid: {axes}")
     if plan.grid_points > len(plan.runs):
         head.append(f"\n{plan.grid_points} grid points make {len(plan.runs)} distinct runs: the others differ "
                     "only in fields that do not apply to them (e.g. width at depth 1)")
     if todo < len(plan.runs):
         head.append(f"\n{len(plan.runs) - todo} runs are already done; {todo} to run")
+    for note in plan.notes:
+        head.append(f"\nnote: {note}")
 
     runs = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     swept = [_column_of(target) for target, _ in spec.grid]
@@ -144,6 +151,30 @@ def arrow_view(table: pa.Table) -> Table:
     for row in table.to_pylist():
         view.add_row(*(_cell(v) for v in row.values()))
     return view
+
+
+def query_view(table: pa.Table, width: int) -> RenderableType:
+    """A query's rows for a terminal ``width`` columns wide: a table when its columns fit
+    side by side, else one record per block, a line per column (duckdb's ``.mode line``)."""
+    cells = [[_cell(v) for v in column.to_pylist()] for column in table.columns]
+    natural = sum(max([len(name), *map(len, column)]) + 3 for name, column in zip(table.column_names, cells))
+    if natural <= width or table.num_columns <= 1:
+        return arrow_view(table)
+    return records_view(table, cells)
+
+
+def records_view(table: pa.Table, cells: list[list[str]]) -> Text:
+    """Every row as a block of ``column = value`` lines, names right-aligned."""
+    names = table.column_names
+    pad = max(map(len, names))
+    text = Text(f"{table.num_rows} rows of {len(names)} columns, one record per block "
+                f"(too wide for a table; --format csv or json for other tools)\n", style="dim")
+    for i in range(table.num_rows):
+        text.append("\n")
+        for name, column in zip(names, cells):
+            text.append(f"{name:>{pad}} = ", style="bold")
+            text.append(f"{column[i]}\n")
+    return text
 
 
 def as_text(renderable: RenderableType, width: int = 200) -> str:

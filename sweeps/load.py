@@ -44,12 +44,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; raises ``SpecError`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; give the spec file (.toml) in it")
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the spec as UTF-8 text ({exc})") from None
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is no TOML
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); save the spec as UTF-8") from None
     return parse_spec(text, origin=str(path))
 
 
@@ -60,12 +64,12 @@ def parse_spec(text: str, origin: str = "<spec>") -> SweepSpec:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{origin}: not valid TOML: {exc}") from None
     try:
-        return _build_sweep(raw, text)
+        return _build_sweep(raw, text, origin)
     except SpecError as exc:
         raise SpecError(f"{origin}: {exc}") from None
 
 
-def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
+def _build_sweep(raw: dict[str, Any], text: str, origin: str) -> SweepSpec:
     _reject_unknown(raw, TOP_LEVEL_KEYS, prefix="", where="the top level")
     if "name" not in raw:
         raise SpecError('name: missing; every sweep needs a name, e.g. name = "my-sweep"')
@@ -77,8 +81,9 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
     }
     if top["seed"] < 0:
         raise SpecError(f"seed: expected an integer >= 0, got {top['seed']!r}")
+    raw = _with_experiment_defaults(raw, top["experiment"])
     sections = {key: _build_section(cls, raw.get(key, {}), key) for key, cls in SECTIONS.items()}
-    spec_wo_grid = SweepSpec(**top, **sections, source=text)
+    spec_wo_grid = SweepSpec(**top, **sections, source=text, origin=origin)
     try:
         spec_wo_grid.base_run()  # sections that do not fit together (e.g. an experiment's needs)
     except FieldError as exc:
@@ -91,6 +96,19 @@ def _build_sweep(raw: dict[str, Any], text: str) -> SweepSpec:
                 raise SpecError(f"measure.{measure.name}: measures apply to experiment = \"train\"; "
                                 f"{spec_wo_grid.experiment.value!r} writes its own tables")
     return dataclasses.replace(spec_wo_grid, grid=grid)
+
+
+def _with_experiment_defaults(raw: dict[str, Any], experiment: Experiment) -> dict[str, Any]:
+    """``raw`` with the experiment's own defaults (``ExperimentKind.defaults``) for the
+    fields its sections leave out (a grid sweeping one still sets every run's value): a
+    default must be valid where it is used."""
+    raw = dict(raw)
+    for target, value in EXPERIMENTS[experiment].defaults.items():
+        section, _, name = target.partition(".")
+        table = raw.get(section, {})
+        if isinstance(table, dict) and name not in table:
+            raw[section] = {**table, name: value}
+    return raw
 
 
 def check_name(name: str, where: str) -> str:

@@ -57,6 +57,8 @@ class Plan:
     # Runs left out as already done, and the capacity the families were packed for.
     done: frozenset[str] = frozenset()
     capacity: Capacity | None = None
+    # What the user should know before running it (``plan_notes``), one line each.
+    notes: tuple[str, ...] = ()
 
 
 # Called as planning goes: (grid points expanded so far, all grid points).
@@ -234,12 +236,15 @@ def plan_sweep(spec: SweepSpec, sweep: str | None = None, exclude: frozenset[str
 
 def planned_runs(spec: SweepSpec, on_planned: OnPlanned | None = None) -> tuple[RunSpec, ...]:
     """The sweep's distinct runs, expanded once, with the data files they read checked
-    before anything runs or is written."""
-    runs = expand_runs(spec, on_planned)
-    for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
-        datasets.check_files(kind, path)
-    for data in {r.data for r in runs if r.data.from_table}:
-        check_table_rows(data)
+    before anything runs or is written; errors name the spec's file."""
+    try:
+        runs = expand_runs(spec, on_planned)
+        for kind, path in {(r.data.kind.value, r.data.path) for r in runs if r.data.kind.reads_files}:
+            datasets.check_files(kind, path)
+        for data in {r.data for r in runs if r.data.from_table}:
+            check_table_rows(data)
+    except SpecError as exc:
+        raise type(exc)(f"{spec.origin}: {exc}") from None
     return tuple(runs)
 
 
@@ -263,7 +268,20 @@ def pack_plan(spec: SweepSpec, sweep: str, runs: tuple[RunSpec, ...], exclude: f
         elif todo:
             families.append(Family(family_id(todo), todo))
     return Plan(spec=spec, sweep=sweep, runs=runs, families=tuple(families), grid_points=grid_size(spec),
-                done=exclude, capacity=capacity)
+                done=exclude, capacity=capacity, notes=plan_notes(spec, runs))
+
+
+def plan_notes(spec: SweepSpec, runs: Sequence[RunSpec]) -> tuple[str, ...]:
+    """Warnings about a grid that runs, but not as its author may think: a swept seed
+    that cannot change what some runs train."""
+    seeds = dict(spec.grid).get("seed", ())
+    if len(seeds) < 2:
+        return ()
+    same = sum(not run.trains_by_seed for run in runs)
+    if not same:
+        return ()
+    return (f"grid.seed: {same} of the {len(runs)} runs train the same net for each of the {len(seeds)} seeds "
+            "(zero or data-set init, and full-batch training); they differ only in what measures draw",)
 
 
 def fit_plan(plan: Plan, capacity: Capacity | None) -> Plan:

@@ -86,6 +86,8 @@ class SweepSpec:
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     # The TOML text exactly as written, stored in the `sweeps` table.
     source: str = field(default="", compare=False)
+    # Where the text came from (a file's path), the prefix of errors found in planning.
+    origin: str = field(default="<spec>", compare=False)
 
     def base_run(self) -> RunSpec:
         return RunSpec(self.experiment, self.data, self.model, self.train, self.seed)

@@ -178,7 +178,7 @@ def test_resume_finishes_from_the_stored_spec(launched, spec):
     spec.unlink()  # resume needs only the results
     result = invoke("resume", "small", "--results", launched, "--backend", "local")
     assert result.exit_code == 0, result.output
-    assert "8 runs planned, 4 already done, 4 to run in 1 families" in result.output
+    assert "8 runs planned, 4 already done, 4 to run in 1 family" in result.output
     js = json.loads(invoke("status", "small", "--results", launched, "--json").stdout)
     assert js[0]["done"] == 8 and js[0]["remaining"] == 0
 
@@ -250,3 +250,135 @@ def test_launch_json_prints_one_summary_and_no_progress(spec, tmp_path):
 def test_launch_quiet_prints_nothing(spec, tmp_path):
     result = invoke("launch", spec, "--results", tmp_path / "r", "--backend", "local", "--quiet")
     assert result.exit_code == 0 and result.output == ""
+
+
+# --- what a new user reads (#15) -----------------------------------------------------
+
+
+def test_a_directory_given_as_the_spec_is_named_as_such(tmp_path, results):
+    line = one_line_error(invoke("plan", tmp_path))
+    assert "is a directory; give the spec file (.toml) in it" in line and str(tmp_path) in line
+
+
+def test_an_unreadable_spec_exits_1_with_one_line(spec, results, monkeypatch):
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(spec), "read_text", denied)
+    for args in (["plan", spec], ["launch", spec, "--results", results, "--backend", "local"]):
+        line = one_line_error(invoke(*args))
+        assert line == f"error: {spec}: cannot read the spec (Permission denied)"
+    assert not results.exists()
+
+
+def test_missing_data_files_are_named_with_the_spec(write_spec, tmp_path):
+    spec = write_spec(f'name = "m"\n[data]\nkind = "mnist"\npath = "{tmp_path / "nowhere"}"\n')
+    line = one_line_error(invoke("plan", spec))
+    assert line.startswith(f"error: {spec}: data.path: ") and "train-images-idx3-ubyte" in line
+    table = write_spec('name = "t"\nexperiment = "acceleration"\n[data]\nkind = "lp-regression"\n'
+                       'path = "absent.csv"\ntarget_column = "y"\n[model]\nkind = "linear"\n', name="t.toml")
+    line = one_line_error(invoke("plan", table))
+    assert line.startswith(f"error: {table}: data.path: 'absent.csv'")
+
+
+ZERO_INIT = """
+name = "zero"
+[data]
+kind = "teacher-student"
+n_train = 32
+n_test = 32
+input_dim = 4
+[model]
+kind = "mlp"
+depth = 1
+init_scale = 0.0
+[train]
+optimizer = "gd"
+lr = 0.1
+steps = 10
+log_every = 5
+[grid]
+seed = [0, 1, 2]
+label_noise = [0.0, 0.5]
+"""
+
+
+def test_a_swept_seed_that_cannot_change_the_nets_is_said_once(write_spec, results):
+    """Zero init and full-batch GD: every seed trains the same net. plan and launch say
+    so in one line; a minibatch order (or a drawn init) makes the seed matter again."""
+    note = "grid.seed: 6 of the 6 runs train the same net for each of the 3 seeds"
+    planned = invoke("plan", write_spec(ZERO_INIT))
+    assert planned.exit_code == 0 and planned.output.count(note) == 1
+    launched = invoke("launch", write_spec(ZERO_INIT), "--results", results, "--backend", "local")
+    assert launched.exit_code == 0 and f"warning: {note}" in launched.stderr
+    minibatch = invoke("plan", write_spec(ZERO_INIT.replace('optimizer = "gd"', 'optimizer = "sgd"\nbatch_size = 8')))
+    assert minibatch.exit_code == 0 and "grid.seed" not in minibatch.output
+    drawn = invoke("plan", write_spec(ZERO_INIT.replace("init_scale = 0.0", "init_scale = 1.0")))
+    assert drawn.exit_code == 0 and "grid.seed" not in drawn.output
+
+
+def test_launching_a_finished_sweep_says_nothing_to_run_and_stops(launched, spec):
+    again = invoke("launch", spec, "--results", launched, "--backend", "local")
+    assert again.exit_code == 0
+    assert again.stdout.strip() == "sweep small: nothing to run; all 8 planned runs are in the results"
+
+
+def test_a_report_of_one_figure_says_figure(launched, monkeypatch, tmp_path):
+    from theoryscope.sweeps import report
+
+    page = tmp_path / "index.html"
+    monkeypatch.setattr(report, "build_report", lambda *args: report.Report(page, (tmp_path / "a.png",)))
+    assert invoke("report", "small", "--results", launched).stdout.strip() == f"1 figure: {page}"
+
+
+def test_help_shows_no_type_beside_flags_and_query_names_every_view():
+    from theoryscope.sweeps.tables import TABLES, VIEWS
+
+    launch = invoke("launch", "--help")
+    assert launch.exit_code == 0 and "--force-new" in launch.output and "<bool>" not in launch.output
+    text = " ".join(invoke("query", "--help").output.replace("│", " ").split())
+    assert all(f" {view}," in text or f" {view} " in text for view in [*TABLES, *VIEWS.derived])
+
+
+def test_install_is_refused_by_its_own_name(launched):
+    for sql, keyword in (("INSTALL httpfs", "INSTALL"), ("LOAD httpfs", "LOAD"), ("FORCE INSTALL httpfs", "FORCE INSTALL"),
+                         ("UPDATE EXTENSIONS", "UPDATE")):
+        line = one_line_error(invoke("query", sql, "--results", launched))
+        assert f"query refused: {keyword} statements are not allowed" in line
+
+
+def test_a_wide_result_prints_one_record_per_block(launched, monkeypatch):
+    """`SELECT *` over runs has dozens of columns: too wide for a table at 80 columns, so
+    every row is a block of `column = value` lines (duckdb's `.mode line`)."""
+    wide = invoke("query", "SELECT * FROM runs ORDER BY run_id LIMIT 2", "--results", launched)
+    assert wide.exit_code == 0
+    assert "2 rows of" in wide.stdout and "one record per block" in wide.stdout
+    assert wide.stdout.count("run_id = ") == 2 and "experiment = train" in wide.stdout
+    narrow = invoke("query", "SELECT depth, count(*) AS n FROM runs GROUP BY depth", "--results", launched)
+    assert "one record per block" not in narrow.stdout and "depth" in narrow.stdout
+
+
+STARTUP = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("torch loaded: %s\\n" % ("torch" in sys.modules)))
+sys.argv = ["theoryscope", *sys.argv[1:]]
+from theoryscope.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["query", "SELECT count(*) FROM runs"], ["status"],
+                                  ["tables"], ["query", "--help"]])
+def test_reading_commands_start_without_torch(launched, args):
+    """Importing torch is most of a command's start-up: --help, --version, status, query
+    and tables never load it (bench/startup.py measures the time)."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    done = subprocess.run([sys.executable, "-c", STARTUP, *args, *(["--results", str(launched)] if args[0] in (
+        "query", "status", "tables") and "--help" not in args else [])], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "torch loaded: False" in done.stderr

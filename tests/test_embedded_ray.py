@@ -4,6 +4,7 @@ a family exactly its CPUs as torch threads."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, SLOW_SPEC, assert_exactly_once, families_done, kill_session, start, wait_for
+from helpers import REPO, SLOW_SPEC, SMALL_SPEC, assert_exactly_once, families_done, kill_session, start, wait_for
 from theoryscope.sweeps import dispatch, execute
 from theoryscope.sweeps.dispatch import LocalBackend, RayBackend
 from theoryscope.sweeps.execute import FamilyOutcome, execute_in_worker
@@ -241,3 +242,18 @@ def test_the_embedded_ray_is_its_own_even_where_ray_start_left_an_address():
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0 and done.stdout.strip() == "ran", done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_quiet_launch_on_the_embedded_ray_prints_nothing(write_spec, results):
+    """Ray 2.60 warns on every start of a local Ray that token authentication is on by
+    default; --quiet promises errors only, and --json one JSON document on stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token auth on
+    spec = write_spec(SMALL_SPEC)
+    quiet = subprocess.run([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(results),
+                            "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+    as_json = subprocess.run([sys.executable, "-m", "theoryscope.cli", "launch", str(spec), "--results", str(results),
+                              "--json"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert as_json.returncode == 0 and as_json.stderr == "", as_json.stderr
+    assert json.loads(as_json.stdout)["planned"] == 8

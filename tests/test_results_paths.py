@@ -82,7 +82,7 @@ def test_a_launch_stopped_before_its_record_is_recovered_by_launching_again(laun
     line = one_line_error(invoke("resume", "small", "--results", launched, "--backend", "local"))
     assert "(sweeps there: none)" in line and "launch the spec again" in line
     again = invoke("launch", write_spec(SMALL_SPEC), "--name", "small", "--results", launched, "--backend", "local")
-    assert again.exit_code == 0 and "8 already done, 0 to run" in again.output
+    assert again.exit_code == 0 and "nothing to run; all 8 planned runs are in the results" in again.output
 
 
 def test_a_damaged_record_is_named(launched, write_spec):
@@ -94,5 +94,5 @@ def test_a_damaged_record_is_named(launched, write_spec):
            f"--name small --results {launched}" in line
     assert str(record) in one_line_error(invoke("status", "small", "--results", launched))
     again = invoke("launch", write_spec(SMALL_SPEC), "--name", "small", "--results", launched, "--backend", "local")
-    assert again.exit_code == 0 and "8 already done, 0 to run" in again.output
+    assert again.exit_code == 0 and "nothing to run; all 8 planned runs are in the results" in again.output
     assert invoke("resume", "small", "--results", launched, "--backend", "local").exit_code == 0

@@ -177,3 +177,60 @@ def test_runs_that_differ_only_in_their_seed_share_what_their_sections_fix():
     assert len({r.run_id for r in seeds}) == 3
     from theoryscope.sweeps.plan import family_key
     assert family_key(seeds[2]) is family_key(seeds[0]) and family_key(copy) == family_key(base)
+
+
+def test_a_directory_is_not_a_spec(tmp_path):
+    with pytest.raises(SpecError, match="is a directory; give the spec file"):
+        load_spec(tmp_path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_spec(tmp_path):
+    """Some editors start UTF-8 files with U+FEFF; TOML does not allow it, so it is dropped."""
+    path = tmp_path / "spec.toml"
+    path.write_bytes('\ufeffname = "bom"\n'.encode("utf-8"))
+    spec = load_spec(path)
+    assert spec.name == "bom" and not spec.source.startswith("\ufeff")
+
+
+def test_an_unreadable_spec_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "spec.toml"
+    path.write_text('name = "x"\n')
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_text", denied)
+    with pytest.raises(SpecError, match=r"spec.toml: cannot read the spec \(Permission denied\)"):
+        load_spec(path)
+
+
+ACCELERATION = """
+name = "acc"
+experiment = "{experiment}"
+[data]
+kind = "{kind}"
+[model]
+kind = "linear"
+{model}
+[train]
+optimizer = "gd"
+[grid]
+depth = [1, 2]
+{grid}
+"""
+
+
+@pytest.mark.parametrize("experiment, kind", [("acceleration", "lp-regression"), ("linear-dynamics", "teacher-student")])
+def test_end_to_end_experiments_default_to_a_balanced_start(experiment, kind):
+    """`model.init` defaults to nn.Linear's init, which these experiments refuse: their
+    own default is "balanced"; a value the spec sets or sweeps stays."""
+    def init_of(model="", grid=""):
+        spec = parse_spec(ACCELERATION.format(experiment=experiment, kind=kind, model=model, grid=grid))
+        return spec.model.init.value, dict(spec.grid).get("model.init")
+
+    assert init_of() == ("balanced", None)
+    assert init_of(model='init = "identity"') == ("identity", None)
+    swept = parse_spec(ACCELERATION.format(experiment=experiment, kind=kind, model="",
+                                           grid='"model.init" = ["identity", "balanced"]'))
+    assert [v.value for v in dict(swept.grid)["model.init"]] == ["identity", "balanced"]
+    assert parse_spec('name = "t"').model.init.value == "default"  # experiment "train" keeps its default

@@ -110,6 +110,15 @@ class RunSpec:
             raise FieldError("model.width", f"at least {needed} ({why}) for init = {self.model.init.value!r}",
                              self.model.width)
 
+    @property
+    def trains_by_seed(self) -> bool:
+        """Whether the seed changes the net this run trains: it draws the init (unless
+        the init is zero, or "decoupled", which the data sets) and the minibatch order
+        (unless every step takes the whole training set)."""
+        minibatches = 0 < self.train.batch_size < self.data.n_train
+        drawn_init = self.model.init_scale > 0 and self.model.init is not Init.DECOUPLED
+        return minibatches or drawn_init
+
     def applies(self, section: str, name: str) -> bool:
         """Whether a field can affect this run. Fields that cannot (width at depth 1,
         momentum outside "sgd", Adam's, AdaGrad's and AdaDelta's settings outside their

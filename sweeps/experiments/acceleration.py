@@ -198,5 +198,6 @@ KIND = ExperimentKind(
                "markers are lower bounds, where depth 1 never reached the target."),
     ),
     per_step_bytes=per_step_bytes,
+    defaults={"model.init": "balanced"},  # "default" (nn.Linear's) is not an end-to-end start
     family_key=rates,
 )

@@ -133,4 +133,5 @@ KIND = ExperimentKind(
                "theory from the same start (every depth, imbalance included); the grey line is equality."),
     ),
     per_step_bytes=per_step_bytes,
+    defaults={"model.init": "balanced"},  # "default" (nn.Linear's) is not an end-to-end start
 )
