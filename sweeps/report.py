@@ -3,9 +3,13 @@
 The figures are the canonical pictures of whatever the sweep measured (``sweeps.figures``),
 each drawn from the rows of one SQL query over the views, run read-only like ``query``;
 the page shows every figure with a caption and the query that produced it, so any picture
-can be redrawn or questioned in SQL. The page references its PNGs by relative path and
-loads nothing from the network. Files are written into a temporary folder beside the
-destination and moved into place only when all of them exist.
+can be redrawn or questioned in SQL. Every figure is given the sweep's swept ``runs``
+columns (``swept_columns``), so that it can facet by those it has no axis for, and is
+headed by its own suptitle when it sets one (one that names what its rows are, e.g. test
+loss for regression). The page references its PNGs by relative path and loads nothing
+from the network; its queries wrap, so a screenshot or a print shows them whole. Files are
+written into a temporary folder beside the destination and moved into place only when all
+of them exist.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
 from theoryscope.storage.location import ResultsLike
 from theoryscope.storage.query import sql_string
+from theoryscope.storage.schemas import RUNS
 from theoryscope.sweeps.catalog import recorded_sweep
+from theoryscope.sweeps.panels import pyplot
 from theoryscope.sweeps.records import RENAMED
 from theoryscope.sweeps.spec import SweepSpec
 from theoryscope.sweeps.tables import FIGURES, run_query
@@ -33,38 +37,42 @@ class Report:
     figures: tuple[Path, ...]
 
 
-def swept_column(spec: SweepSpec) -> str:
-    """The ``runs`` column of the first swept field (the curves' colour), else ``seed``."""
-    if not spec.grid:
-        return "seed"
-    target = spec.grid[0][0]
-    if target == "seed":
-        return "seed"
-    section, _, name = target.partition(".")
-    return RENAMED.get((section, name), name)
+def swept_columns(spec: SweepSpec) -> tuple[str, ...]:
+    """The ``runs`` column of every swept field, in grid order (``seed`` for the run's seed),
+    those without a column (none today) left out: what the figures place on axes, colours
+    and panels."""
+    columns = []
+    for target, _ in spec.grid:
+        section, _, name = target.partition(".")
+        column = RENAMED.get((section, name), name) if name else section
+        if column in RUNS.names:
+            columns.append(column)
+    return tuple(columns)
 
 
 def build_report(results: ResultsLike, sweep: str, out: Path) -> Report:
     record = recorded_sweep(results, sweep)
     spec = record.spec()
-    color = swept_column(spec)
+    swept = swept_columns(spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         drawn = []
         for figure in FIGURES:
-            sql = figure.sql.format(sweep=sql_string(sweep), color=color)
-            picture = figure.draw(run_query(results, sql).to_pylist(), color)
+            sql = figure.query(sql_string(sweep), swept)
+            picture = figure.draw(run_query(results, sql).to_pylist(), swept)
             if picture is None:
                 continue
-            picture.suptitle(figure.title)
+            if not picture.get_suptitle():  # a drawing may title itself by what its rows are
+                picture.suptitle(figure.title)
+            title = picture.get_suptitle()
             picture.savefig(staging / f"{figure.name}.png", dpi=110)
-            plt.close(picture)
-            drawn.append((figure, sql))
+            pyplot().close(picture)
+            drawn.append((figure, title, sql))
         counts = run_query(results, f"SELECT status, count(*) AS n FROM runs WHERE sweep = {sql_string(sweep)} "
                                     "GROUP BY status ORDER BY status").to_pylist()
         (staging / "index.html").write_text(_page(sweep, spec, record.planned_runs, counts, drawn), encoding="utf-8")
-        return _publish(staging, out, [f"{f.name}.png" for f, _ in drawn])
+        return _publish(staging, out, [f"{f.name}.png" for f, _, _ in drawn])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -83,17 +91,18 @@ def _page(sweep: str, spec: SweepSpec, planned: int, counts: list[dict], drawn: 
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>theoryscope report: {e(sweep)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "img{max-width:100%}figure{margin:2.5em 0}pre{background:#f4f4f4;padding:.6em;overflow-x:auto;"
-        "font-size:.85em}figcaption{color:#333}</style></head><body>",
+        # Queries wrap, so a screenshot or a print shows all of them.
+        "img{max-width:100%}figure{margin:2.5em 0}pre{background:#f4f4f4;padding:.6em;white-space:pre-wrap;"
+        "word-break:break-word;overflow-wrap:anywhere;font-size:.85em}figcaption{color:#333}</style></head><body>",
         f"<h1>{e(sweep)}</h1>",
         f"<p>experiment <b>{e(spec.experiment.value)}</b>; {planned} planned runs: {status}.</p>",
     ]
     if not drawn:
         parts.append("<p>Nothing to draw yet: no finished runs with measurements.</p>")
-    for figure, sql in drawn:
+    for figure, title, sql in drawn:
         parts += [
-            f'<figure id="{figure.name}"><h2>{e(figure.title)}</h2>',
-            f'<img src="{figure.name}.png" alt="{e(figure.title)}">',
+            f'<figure id="{figure.name}"><h2>{e(title)}</h2>',
+            f'<img src="{figure.name}.png" alt="{e(title)}">',
             f"<figcaption>{e(figure.caption)}<pre><code>{e(sql)}</code></pre></figcaption></figure>",
         ]
     parts += ["<h2>Spec</h2>", f"<pre><code>{e(spec.source)}</code></pre>", "</body></html>"]

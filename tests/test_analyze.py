@@ -199,7 +199,7 @@ def test_every_measure_of_the_list_is_rankable():
 
 def test_the_figures_draw_the_rankings_once_analyzed(results, analyzed):
     from theoryscope.storage.query import sql_string
-    from theoryscope.sweeps.figures import pyplot
+    from theoryscope.sweeps.panels import pyplot
     from theoryscope.sweeps.measures.complexity import MEASURE
 
     for figure in MEASURE.figures:

@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import torch
 
-from theoryscope.core.accelerate import AccelerationResult, train_acceleration
-from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import Experiment, RunSpec
 from theoryscope.core.measures.rate_search import refinement_members
-from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.experiments.base import ExperimentKind
-from theoryscope.sweeps.figures import Figure, Rows, distinct, label, pyplot
+from theoryscope.sweeps.figures import Figure
+from theoryscope.sweeps.panels import (
+    Rows, distinct, layout, matching, mean_note, note, panel_grid, shared_legend, shared_log_axes, with_spread,
+)
 from theoryscope.sweeps.records import nullable
+
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core.accelerate import AccelerationResult
+    from theoryscope.core.checkpoint import Checkpoint
+    from theoryscope.core.train import FamilyResult
 
 # One row per run of experiment "acceleration" (Arora, Cohen & Hazan 2018). The view of
 # the same name adds ratio_vs_depth1 (ENRICHED).
@@ -137,6 +144,8 @@ def acceleration_table(sweep: str, runs: Sequence[RunSpec], result: Acceleration
 
 def train(sweep: str, runs: Sequence[RunSpec], _measure, device: torch.device,
           _checkpoint: Checkpoint) -> tuple[FamilyResult, dict[str, pa.Table]]:
+    from theoryscope.core.accelerate import train_acceleration  # loads torch: see sweeps.experiments.base
+
     accelerated = train_acceleration(runs, device)
     return accelerated.family, {"acceleration": acceleration_table(sweep, runs, accelerated)}
 
@@ -153,36 +162,36 @@ def rates(run: RunSpec) -> tuple:
     return (len(run.train.learning_rates()),)
 
 
-def draw_acceleration(rows: Rows, _: str):
-    """Speed-up over depth 1 against depth, one line per p (and optimizer, when the sweep
-    has several), one panel per conditioning; hollow markers are lower bounds (depth 1
-    never reached the target)."""
+def draw_acceleration(rows: Rows, swept: Sequence[str]):
+    """Speed-up over depth 1 against depth, one line per p (dashed per optimizer, when the
+    sweep has several), one panel per value of every other swept field (conditioning...);
+    hollow markers are lower bounds (depth 1 never reached the target)."""
     rows = [r for r in rows if r["ratio"] is not None]
     if not rows:
         return None
-    plt = pyplot()
-    conditions = distinct(rows, "condition") or [None]
-    fig, axes = plt.subplots(1, len(conditions), figsize=(4.4 * len(conditions), 3.6), squeeze=False, sharey=True,
-                             layout="constrained")
-    optimizers = distinct(rows, "optimizer")
-    for ax, condition in zip(axes[0], conditions):
-        for p, optimizer in ((p, o) for p in distinct(rows, "p") for o in optimizers):
-            mine = sorted((r for r in rows if r["condition"] == condition and r["p"] == p
-                           and r["optimizer"] == optimizer), key=lambda r: r["depth"])
-            if not mine:
-                continue
-            name = f"p = {p}" + (f", {optimizer}" if len(optimizers) > 1 else "")
-            line, = ax.plot([r["depth"] for r in mine], [r["ratio"] for r in mine], label=name)
-            for r in mine:
-                ax.plot(r["depth"], r["ratio"], "o", color=line.get_color(),
-                        mfc="none" if r["lower_bound"] else line.get_color())
+    shape = layout(rows, swept, shown=("depth",), lines=("p", "optimizer"), line_fields=2)
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=(3.8, 3.2))
+    styles = shape.styles(rows)
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["depth"])
+            style = {**styles[line], "marker": "o"}
+            with_spread(ax, points, "depth", "ratio", shape.line_label(line), style)
+            bounds = [r for r in points if r["lower_bound"]]
+            ax.plot([r["depth"] for r in bounds], [r["ratio"] for r in bounds], "o", color="w", mec=style["color"],
+                    zorder=3)  # above the line (errorbar draws at 2.1)
         ax.axhline(1, color="grey", lw=0.8)
-        ax.set_yscale("log")
         ax.set_xticks(distinct(rows, "depth"))
         ax.set_xlabel("depth")
-        ax.set_title(f"condition {label(condition)}")
-    axes[0][0].set_ylabel("steps at depth 1 / steps")
-    axes[0][0].legend(fontsize=8)
+        ax.set_ylabel("steps at depth 1 / steps")
+        ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_log_axes(axes)
+    shared_legend(fig)
+    note(fig, mean_note(rows, "bars: min–max"), "hollow: lower bound (depth 1 never reached the target)"
+         if any(r["lower_bound"] for r in rows) else "", shape.held_note())
     return fig
 
 
@@ -192,10 +201,15 @@ KIND = ExperimentKind(
     enriched={"acceleration": ENRICHED},
     figures=(
         Figure("acceleration", "Speed-up from depth",
-               "SELECT condition, p, depth, optimizer, coalesce(ratio_vs_depth1, ratio_at_least) AS ratio, "
-               "ratio_vs_depth1 IS NULL AS lower_bound FROM acceleration WHERE sweep = {sweep}", draw_acceleration,
-               "Steps to the target at depth 1 over steps at each depth (Arora, Cohen & Hazan 2018); hollow "
-               "markers are lower bounds, where depth 1 never reached the target."),
+               "SELECT {fields}r.depth, r.p, count(*) AS runs, avg(coalesce(a.ratio_vs_depth1, a.ratio_at_least)) "
+               "AS ratio, min(coalesce(a.ratio_vs_depth1, a.ratio_at_least)) AS low, "
+               "max(coalesce(a.ratio_vs_depth1, a.ratio_at_least)) AS high, "
+               "bool_or(a.ratio_vs_depth1 IS NULL AND a.ratio_at_least IS NOT NULL) AS lower_bound "
+               "FROM acceleration a JOIN runs r USING (sweep, run_id) WHERE a.sweep = {sweep} GROUP BY ALL",
+               draw_acceleration,
+               "Steps to the target at depth 1 over steps at each depth (Arora, Cohen & Hazan 2018), one line per "
+               "p, one panel per value of every other swept field (e.g. the conditioning); hollow markers are "
+               "lower bounds, where depth 1 never reached the target."),
     ),
     per_step_bytes=per_step_bytes,
     defaults={"model.init": "balanced"},  # "default" (nn.Linear's) is not an end-to-end start

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
-import torch
 
-from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import Experiment, Init, RunSpec
-from theoryscope.core.dynamics import DynamicsResult, train_linear_dynamics
-from theoryscope.core.measures.acceleration import crossing_step
-from theoryscope.core.measures.modes import mode_time
-from theoryscope.core.train import FamilyResult
 from theoryscope.sweeps.experiments.base import ExperimentKind
-from theoryscope.sweeps.figures import Figure, Rows, distinct, pyplot
+from theoryscope.sweeps.figures import Figure
+from theoryscope.sweeps.panels import (
+    Rows, column, layout, matching, mean_note, note, panel_grid, shared_legend, shared_log_axes,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core.checkpoint import Checkpoint
+    from theoryscope.core.dynamics import DynamicsResult
+    from theoryscope.core.train import FamilyResult
 
 # One row per run and target mode of experiment "linear-dynamics" on linear-modes data
 # (Saxe, McClelland & Ganguli 2014): when the mode reached half its strength.
@@ -42,6 +48,9 @@ MODES = pa.schema([
 
 
 def modes_table(sweep: str, runs: Sequence[RunSpec], result: DynamicsResult) -> pa.Table:
+    from theoryscope.core.measures.acceleration import crossing_step  # load torch: see sweeps.experiments.base
+    from theoryscope.core.measures.modes import mode_time
+
     """One row per run and target mode (linear-modes data; none otherwise)."""
     rows = []
     if result.strengths is not None:
@@ -67,6 +76,8 @@ def modes_table(sweep: str, runs: Sequence[RunSpec], result: DynamicsResult) -> 
 
 def train(sweep: str, runs: Sequence[RunSpec], _measure, device: torch.device,
           _checkpoint: Checkpoint) -> tuple[FamilyResult, dict[str, pa.Table]]:
+    from theoryscope.core.dynamics import train_linear_dynamics  # loads torch: see sweeps.experiments.base
+
     dynamics = train_linear_dynamics(runs, device)
     return dynamics.family, {"modes": modes_table(sweep, runs, dynamics)}
 
@@ -76,44 +87,61 @@ def per_step_bytes(run: RunSpec) -> int:
     return (run.train.steps + 1) * len(run.data.singular_values) * 2 * 8
 
 
-def draw_rule_deviation(rows: Rows, _: str):
-    """Relative distance of the trained product from Theorem 1's trajectory, one panel per
-    depth, colour by rate, dashed when the factors started imbalanced."""
+def draw_rule_deviation(rows: Rows, swept: Sequence[str]):
+    """Relative distance of the trained product from Theorem 1's trajectory (mean over
+    seeds, min–max band), colour by rate, dashed by imbalance of the initial factors, one
+    panel per value of every other swept field (depth...)."""
     rows = [r for r in rows if r["deviation"] is not None]
     if not rows:
         return None
-    plt = pyplot()
-    depths, rates = distinct(rows, "depth"), distinct(rows, "lr")
-    cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 3.8), squeeze=False, sharey=True,
-                             layout="constrained")
-    for ax, depth in zip(axes[0], depths):
-        for key in sorted({(r["lr"], r["imbalance"] or 0.0) for r in rows if r["depth"] == depth}):
-            mine = [r for r in rows if r["depth"] == depth and (r["lr"], r["imbalance"] or 0.0) == key]
-            ax.plot([r["step"] for r in mine], [r["deviation"] for r in mine], ls="-" if key[1] == 0 else "--",
-                    color=cmap(rates.index(key[0]) / max(1, len(rates) - 1)),
-                    label=f"lr {key[0]:g}, imbalance {key[1]:g}")
-        ax.set_yscale("log")
+    shape = layout(rows, swept, shown=("step",), lines=("lr", "imbalance"), line_fields=2)
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=(4.2, 3.2))
+    styles = shape.styles(rows)
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["step"])
+            steps, low, high = column(points, "step"), column(points, "low"), column(points, "high")
+            ax.plot(steps, column(points, "deviation"), color=styles[line]["color"], ls=styles[line]["ls"],
+                    label=shape.line_label(line))
+            if np.any(high > low):
+                ax.fill_between(steps, low, high, color=styles[line]["color"], alpha=0.15, lw=0)
         ax.set_xlabel("step")
-        ax.set_title(f"depth {depth}")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("‖W_e − W_rule‖ / ‖W_rule‖")
+        ax.set_ylabel("‖W_e − W_rule‖ / ‖W_rule‖")
+        ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_log_axes(axes)
+    shared_legend(fig)
+    note(fig, mean_note(rows, "band: min–max"), shape.held_note())
     return fig
 
 
-def draw_modes(rows: Rows, _: str):
-    """Measured time to half strength against Saxe et al.'s closed form."""
+def draw_modes(rows: Rows, swept: Sequence[str]):
+    """Measured time to half strength of every mode of every run against Saxe et al.'s
+    closed form, colour by rate, marked by imbalance, one panel per value of every other
+    swept field (depth...)."""
     rows = [r for r in rows if r["measured"] is not None and r["theory"] is not None]
     if not rows:
         return None
-    fig, ax = pyplot().subplots(figsize=(4.6, 4), layout="constrained")
-    points = ax.scatter([r["theory"] for r in rows], [r["measured"] for r in rows], c=[r["lr"] for r in rows],
-                        cmap="viridis", s=22)
+    shape = layout(rows, swept, lines=("lr", "imbalance"), line_fields=2)
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=(3.6, 3.4))
+    styles = shape.styles(rows)
     top = max(max(r["theory"], r["measured"]) for r in rows) * 1.1
-    ax.plot([0, top], [0, top], color="grey", lw=0.8)
-    ax.set_xlabel("theory (Saxe et al.'s mode ODE from the start)")
-    ax.set_ylabel("measured half time")
-    fig.colorbar(points, ax=ax, label="lr")
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = matching(mine, shape.lines, line)
+            ax.scatter([r["theory"] for r in points], [r["measured"] for r in points], s=22,
+                       color=styles[line]["color"], marker=styles[line]["marker"], label=shape.line_label(line))
+        ax.plot([0, top], [0, top], color="grey", lw=0.8)
+        ax.set_xlabel("theory (Saxe et al.'s mode ODE)")
+        ax.set_ylabel("measured half time")
+        ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_legend(fig)
+    note(fig, "one point per mode and run; grey: equality", shape.held_note())
     return fig
 
 
@@ -122,15 +150,20 @@ KIND = ExperimentKind(
     tables={"modes": MODES},
     figures=(
         Figure("rule-deviation", "Gradient descent against the end-to-end rule",
-               "SELECT c.step, r.depth, r.lr, r.imbalance, c.rule_deviation AS deviation FROM curves c "
-               "JOIN runs r USING (sweep, run_id) WHERE c.sweep = {sweep} ORDER BY c.step", draw_rule_deviation,
-               "Relative distance between the trained end-to-end matrix and the trajectory of Theorem 1's rule; "
-               "dashed: imbalanced initial factors."),
+               "SELECT c.step, {fields}count(*) AS runs, avg(c.rule_deviation) AS deviation, "
+               "min(c.rule_deviation) AS low, max(c.rule_deviation) AS high FROM curves c "
+               "JOIN runs r USING (sweep, run_id) WHERE c.sweep = {sweep} GROUP BY ALL ORDER BY ALL",
+               draw_rule_deviation,
+               "Relative distance between the trained end-to-end matrix and the trajectory of Theorem 1's rule, "
+               "mean over seeds; colour: learning rate, dashed: imbalanced initial factors, one panel per value "
+               "of every other swept field."),
         Figure("modes", "Mode learning times against the theory",
-               "SELECT m.half_time AS measured, m.theory_half_time AS theory, r.lr FROM modes m "
+               "SELECT {fields}m.half_time AS measured, m.theory_half_time AS theory FROM modes m "
                "JOIN runs r USING (sweep, run_id) WHERE m.sweep = {sweep}", draw_modes,
                "Time for each target mode to reach half its strength (Saxe et al. 2014), measured against the "
-               "theory from the same start (every depth, imbalance included); the grey line is equality."),
+               "theory from the same start (every depth, imbalance included), one point per mode and run, "
+               "coloured by learning rate, one panel per value of every other swept field; the grey line is "
+               "equality."),
     ),
     per_step_bytes=per_step_bytes,
     defaults={"model.init": "balanced"},  # "default" (nn.Linear's) is not an end-to-end start

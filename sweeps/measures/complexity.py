@@ -27,19 +27,25 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from theoryscope.core import models
 from theoryscope.core.config import RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
-from theoryscope.core.measures import complexity as jiang
-from theoryscope.core.seeding import generator
-from theoryscope.core.train import FamilyResult, StackedData
-from theoryscope.sweeps.figures import Figure, Rows, distinct, pyplot
+from theoryscope.core.measures import complexity_defaults as jiang_defaults
+from theoryscope.sweeps.figures import Figure
+from theoryscope.sweeps.panels import Rows, distinct, pyplot
 from theoryscope.sweeps.measures.base import Grid, Measure
+
+# torch and core's trainers and measures load in the functions that train or measure, so that
+# reading results, planning and the CLI's --help, query and status do without them.
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core import models
+    from theoryscope.core.train import FamilyResult, StackedData
 
 # The measures, by what computes them (Jiang et al. 2020, Appendix C; README, "Which
 # theory predicts generalization", cites each formula).
@@ -62,18 +68,18 @@ class PerturbationSpec:
     # deviates by at most `target` (Jiang: 0.1 of accuracy), over `draws` Monte Carlo draws,
     # by `bisection_steps` of bisection on log sigma within `sigma_range`, ending at a sigma
     # whose deviation is within `tolerance` of the target (0: every step is taken).
-    target: float = jiang.PACBAYES_TARGET
-    tolerance: float = jiang.PACBAYES_TOLERANCE
-    draws: int = jiang.PACBAYES_DRAWS
-    bisection_steps: int = jiang.PACBAYES_STEPS
-    sigma_range: tuple[float, ...] = jiang.SIGMA_RANGE
+    target: float = jiang_defaults.PACBAYES_TARGET
+    tolerance: float = jiang_defaults.PACBAYES_TOLERANCE
+    draws: int = jiang_defaults.PACBAYES_DRAWS
+    bisection_steps: int = jiang_defaults.PACBAYES_STEPS
+    sigma_range: tuple[float, ...] = jiang_defaults.SIGMA_RANGE
     # The magnitude-aware floor eps (noise sqrt(sigma'^2 w^2 + eps^2), box alpha (|w| + eps)).
-    magnitude_eps: float = jiang.MAGNITUDE_EPS
+    magnitude_eps: float = jiang_defaults.MAGNITUDE_EPS
     # Sharpness: the box radius alpha (|w| + eps) and the projected ascent steps in it.
-    sharpness_alpha: float = jiang.SHARPNESS_ALPHA
-    sharpness_steps: int = jiang.SHARPNESS_STEPS
+    sharpness_alpha: float = jiang_defaults.SHARPNESS_ALPHA
+    sharpness_steps: int = jiang_defaults.SHARPNESS_STEPS
     # Lanczos steps (Hessian-vector products) of the Hessian's top eigenvalue.
-    hessian_iterations: int = jiang.HESSIAN_ITERATIONS
+    hessian_iterations: int = jiang_defaults.HESSIAN_ITERATIONS
     # Seed of every draw (shared by the members of a family: common random numbers).
     seed: int = 0
 
@@ -220,6 +226,9 @@ def measure_step(opts: ComplexitySpec, names: Sequence[str], params: models.Para
                  data: StackedData, nonlinear: bool, step: int) -> dict[str, torch.Tensor]:
     """The measures ``names`` of one family at one step, each ``[F]``: only the groups
     asked for are computed, each from its own seeded stream of shared draws."""
+    from theoryscope.core.measures import complexity as jiang
+    from theoryscope.core.seeding import generator
+
     wanted, out = set(names), {}
     p = opts.perturbation
     if wanted & {*NORMS, *MARGINS}:
@@ -244,6 +253,8 @@ def complexity_table(opts: ComplexitySpec, sweep: str, runs: Sequence[RunSpec],
                      result: FamilyResult) -> dict[str, pa.Table]:
     """The ``complexity`` rows of every member, measure and measured step: run-major,
     then step, then measure in ``MEASURE_NAMES`` order."""
+    from theoryscope.core import models
+
     data = result.data
     names = opts.selected(data.classification)
     nonlinear = models.is_nonlinear(runs[0].model.kind)
@@ -270,7 +281,7 @@ def complexity_table(opts: ComplexitySpec, sweep: str, runs: Sequence[RunSpec],
 # Figures of the rankings
 # ---------------------------------------------------------------------------------------
 
-def draw_tau_table(rows: Rows, _: str):
+def draw_tau_table(rows: Rows, _: Sequence[str]):
     """Jiang et al.'s tables of rank correlation: per measure (rows, best overall tau
     first) the tau within each swept axis, their mean Psi and the tau over all pairs;
     one panel per target."""
@@ -302,7 +313,7 @@ def draw_tau_table(rows: Rows, _: str):
     return fig
 
 
-def draw_sign_errors(rows: Rows, _: str):
+def draw_sign_errors(rows: Rows, _: Sequence[str]):
     """Dziugaite et al.'s robust view: the sign error of every environment, per measure
     (best mean on top), one panel per target, the mean marked."""
     rows = [r for r in rows if r["sign_error"] is not None]

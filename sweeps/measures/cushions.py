@@ -16,23 +16,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from theoryscope.core import models
 from theoryscope.core.config import Choice, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
-from theoryscope.core.measures.bound import CompressionPlan, bound_quantities, compressed_quantities, host
-from theoryscope.core.measures.cushion import (
-    activation_contraction, interlayer_smoothness, layer_cushion, layer_smoothness, min_interlayer_cushion,
-    net_smoothness, noise_attenuation, pooled_smoothness, weight_norms,
+from theoryscope.sweeps.figures import Figure
+from theoryscope.sweeps.panels import (
+    Rows, distinct, layout, levels, matching, mean_note, note, panel_grid, pyplot, shared_legend,
+    shared_log_axes,
 )
-from theoryscope.core.seeding import generator
-from theoryscope.core.train import FamilyResult, StackedData
-from theoryscope.sweeps.figures import Figure, Rows, distinct, label, pyplot
 from theoryscope.sweeps.measures.base import Grid, Measure
+
+# torch and core's trainers and measures load in the functions that train or measure, so that
+# reading results, planning and the CLI's --help, query and status do without them.
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core import models
+    from theoryscope.core.measures.bound import CompressionPlan
+    from theoryscope.core.train import FamilyResult, StackedData
 
 
 class Samples(Choice):
@@ -97,6 +102,8 @@ class CushionSpec:
 
     def compression(self, depth: int) -> CompressionPlan | None:
         """The Matrix-Project plan for a net of ``depth`` layers; None: no compressed net."""
+        from theoryscope.core.measures.bound import CompressionPlan
+
         k = self.compression_k
         if k == 0:
             return None
@@ -237,6 +244,15 @@ def measure_step(opts: CushionSpec, params: models.Params, data: StackedData, x:
                  n_train: int, step: int) -> tuple[dict, dict, np.ndarray]:
     """One measured step of a family: ``(layers columns [F, L], bounds columns [F],
     attenuation [F, L-1, L])``; the last layer's hidden-layer columns are NaN."""
+    import torch
+
+    from theoryscope.core.measures.bound import bound_quantities, compressed_quantities, host
+    from theoryscope.core.measures.cushion import (
+        activation_contraction, interlayer_smoothness, layer_cushion, layer_smoothness, min_interlayer_cushion,
+        net_smoothness, noise_attenuation, pooled_smoothness, weight_norms,
+    )
+    from theoryscope.core.seeding import generator
+
     w, b = params.weights, params.biases
     per_sample = {"layer_cushion": layer_cushion(w, b, x, nonlinear),  # [F, L, n]
                   "interlayer_cushion": min_interlayer_cushion(w, b, x, nonlinear)}
@@ -274,6 +290,10 @@ def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
                    result: FamilyResult) -> dict[str, pa.Table]:
     """``layers``, ``bounds`` and ``attenuation`` rows of Arora, Ge, Neyshabur & Zhang
     (2018) for every member at every measured step."""
+    import torch
+
+    from theoryscope.core import models
+
     data = result.data
     nonlinear = models.is_nonlinear(runs[0].model.kind)
     x = measured_samples(opts, data)
@@ -308,55 +328,89 @@ def snapshot_steps(opts: CushionSpec, run: RunSpec) -> set[int]:
     return {s for s in opts.steps if s <= run.train.steps} | {run.train.steps}
 
 
-def draw_cushions(rows: Rows, _: str):
-    """Layer cushion of every run (the paper's minimum over samples), per layer and noise."""
+def draw_cushions(rows: Rows, swept: Sequence[str]):
+    """Layer cushion of every run after training (the paper's minimum over samples) against
+    label noise, one panel per layer and value of the swept fields not drawn as lines; a
+    line per width (or depth, else the first other swept field) joins the means over seeds."""
+    rows = [r for r in rows if r["layer_cushion"] is not None]
     if not rows:
         return None
-    plt = pyplot()
-    layers, noises = distinct(rows, "layer"), distinct(rows, "label_noise")
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers) + 0.5, 3.2), squeeze=False, sharey=True,
-                             layout="constrained")
-    for ax, layer in zip(axes[0], layers):
-        data = [[r["layer_cushion"] for r in rows if r["layer"] == layer and r["label_noise"] == n
-                 and r["layer_cushion"] is not None] for n in noises]
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(noises) + 1), [label(n) for n in noises])
+    layers = distinct(rows, "layer")
+    shape = layout(rows, swept, shown=("label_noise",), lines=("width", "depth"), line_fields=2,
+                   max_panels=max(1, 8 // len(layers)))
+    rows = shape.keep(rows)
+    panels = [(key, layer) for key in shape.panel_keys(rows) for layer in layers]
+    fig, (axes,) = panel_grid(len(panels), size=(3.0, 2.6))
+    styles = shape.styles(rows)
+    for ax, (key, layer) in zip(axes, panels):
+        mine = matching([r for r in rows if r["layer"] == layer], shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = matching(mine, shape.lines, line)
+            style = styles[line]
+            ax.scatter([r["label_noise"] for r in points], [r["layer_cushion"] for r in points], s=10, alpha=0.4,
+                       color=style["color"], lw=0)
+            noises = levels(points, "label_noise")
+            means = [np.mean([r["layer_cushion"] for r in points if r["label_noise"] == n]) for n in noises]
+            ax.plot(noises, means, label=shape.line_label(line), **style)
         ax.set_xlabel("label noise")
-        ax.set_title(f"layer {layer}")
-    axes[0][0].set_ylabel("layer cushion μ_i")
+        ax.set_ylabel("layer cushion μ_i")
+        ax.set_title(", ".join(t for t in (f"layer {layer}", shape.panel_title(key)) if t), fontsize=9)
+    shared_legend(fig)
+    note(fig, "dots: runs; lines: their means over seeds", shape.held_note())
     return fig
 
 
-def draw_effective_params(rows: Rows, _: str):
-    """Theorem 4.1's effective parameter count q against the generalization gap."""
+def draw_effective_params(rows: Rows, swept: Sequence[str]):
+    """Theorem 4.1's effective parameter count q of every run against its generalization
+    gap, coloured (and marked) by the swept fields, one panel per value of the others."""
     rows = [r for r in rows if r["q"] is not None and r["gap"] is not None]
     if not rows:
         return None
-    fig, ax = pyplot().subplots(figsize=(5, 3.8), layout="constrained")
-    points = ax.scatter([r["q"] for r in rows], [r["gap"] for r in rows], c=[r["label_noise"] or 0 for r in rows],
-                        cmap="viridis", s=18)
-    ax.set_xscale("log")
-    ax.set_xlabel("effective parameters q")
-    ax.set_ylabel("generalization gap")
-    fig.colorbar(points, ax=ax, label="label noise")
+    shape = layout(rows, swept, lines=("label_noise", "width", "depth"), line_fields=2)
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=(3.8, 3.2))
+    styles = shape.styles(rows)
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = matching(mine, shape.lines, line)
+            ax.scatter([r["q"] for r in points], [r["gap"] for r in points], s=20, color=styles[line]["color"],
+                       marker=styles[line]["marker"], label=shape.line_label(line))
+        ax.set_xlabel("effective parameters q")
+        ax.set_ylabel("generalization gap")
+        ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_log_axes(axes, "x")
+    shared_legend(fig)
+    note(fig, "one point per run", shape.held_note())
     return fig
 
 
-def draw_attenuation(rows: Rows, _: str):
+def draw_attenuation(rows: Rows, swept: Sequence[str]):
     """The paper's Figure 1: relative error at every later layer of noise injected at layer i
-    (mean over runs after training), one line per injected layer."""
+    (mean over seeds after training), one line per injected layer, one panel per value of
+    every swept field."""
+    rows = [r for r in rows if r["attenuation"] is not None]
     if not rows:
         return None
-    fig, ax = pyplot().subplots(figsize=(5, 3.8), layout="constrained")
-    for layer in distinct(rows, "layer"):
-        points = sorted((r["at_layer"], r["attenuation"]) for r in rows if r["layer"] == layer)
-        ax.plot([layer] + [p[0] for p in points], [rows[0]["noise"]] + [p[1] for p in points], marker="o",
-                label=f"injected at layer {layer}")
-    ax.set_yscale("log")
-    ax.set_xticks(range(1, max(r["at_layer"] for r in rows) + 1))
-    ax.set_xlabel("layer j")
-    ax.set_ylabel("relative error at layer j")
-    ax.legend()
+    shape = layout(rows, swept)
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=(3.4, 3.0))
+    colours = pyplot().get_cmap("tab10")
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        for layer in distinct(mine, "layer"):
+            points = sorted((r["at_layer"], r["attenuation"]) for r in mine if r["layer"] == layer)
+            ax.plot([layer] + [p[0] for p in points], [mine[0]["noise"]] + [p[1] for p in points], marker="o",
+                    color=colours((layer - 1) % 10), label=f"injected at layer {layer}")
+        ax.set_xticks(range(1, max(r["at_layer"] for r in mine) + 1))
+        ax.set_xlabel("layer j")
+        ax.set_ylabel("relative error at layer j")
+        ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_log_axes(axes)
+    shared_legend(fig)
+    note(fig, mean_note(rows), shape.held_note())
     return fig
 
 
@@ -369,19 +423,22 @@ MEASURE = Measure(
     rows=cushion_tables,
     figures=(
         Figure("cushions", "Layer cushions against label noise",
-               "SELECT r.label_noise, l.layer, l.layer_cushion FROM layers l JOIN runs r USING (sweep, run_id) "
+               "SELECT {fields}r.label_noise, l.layer, l.layer_cushion FROM layers l JOIN runs r USING (sweep, run_id) "
                "WHERE l.sweep = {sweep} AND l.step = r.steps", draw_cushions,
-               "Distribution over runs of the layer cushion μ_i (Arora et al. 2018) after training, per layer and "
-               "label noise."),
+               "The layer cushion μ_i (Arora et al. 2018) of every run after training (dots) and its mean over "
+               "seeds (lines), per layer and label noise, one line per width (or depth), one panel per layer and "
+               "value of every other swept field."),
         Figure("attenuation", "Attenuation of injected noise",
-               "SELECT a.layer, a.at_layer, any_value(a.noise) AS noise, avg(a.attenuation) AS attenuation "
-               "FROM attenuation a JOIN runs r USING (sweep, run_id) WHERE a.sweep = {sweep} AND a.step = r.steps "
-               "GROUP BY ALL", draw_attenuation,
+               "SELECT {fields}a.layer, a.at_layer, any_value(a.noise) AS noise, count(*) AS runs, "
+               "avg(a.attenuation) AS attenuation FROM attenuation a JOIN runs r USING (sweep, run_id) "
+               "WHERE a.sweep = {sweep} AND a.step = r.steps GROUP BY ALL", draw_attenuation,
                "Noise of relative size `attenuation_noise` injected at layer i, its relative error at every later "
-               "layer j (Arora et al. 2018, Figure 1), mean over runs after training."),
+               "layer j (Arora et al. 2018, Figure 1), mean over seeds after training, one panel per value of "
+               "every swept field."),
         Figure("effective-params", "Effective parameters against the generalization gap",
-               "SELECT b.effective_params AS q, b.gen_gap AS gap, r.label_noise FROM bounds b "
+               "SELECT {fields}b.effective_params AS q, b.gen_gap AS gap FROM bounds b "
                "JOIN runs r USING (sweep, run_id) WHERE b.sweep = {sweep} AND b.step = r.steps", draw_effective_params,
-               "Theorem 4.1's effective parameter count q of every run against its generalization gap."),
+               "Theorem 4.1's effective parameter count q of every run against its generalization gap, coloured "
+               "by label noise (marked by a second swept field), one panel per value of the others."),
     ),
 )

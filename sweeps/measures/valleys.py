@@ -23,24 +23,27 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import torch
 
-from theoryscope.core import models
 from theoryscope.core.config import Choice, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
-from theoryscope.core.measures.landscape import PairLandscape
-from theoryscope.core.measures.valley import (
-    barrier_change, bezier_barrier, linear_barrier, polyline, relative_barrier, segment, string_barrier,
+from theoryscope.sweeps.figures import Figure
+from theoryscope.sweeps.panels import (
+    Rows, column, key_line, layout, matching, mean_note, note, panel_grid, setting, shared_legend, with_spread,
 )
-from theoryscope.core.seeding import derive_seed
-from theoryscope.core.train import FamilyResult, member_hyper, objective_scale
-from theoryscope.sweeps.figures import Figure, Rows, distinct, pyplot
 from theoryscope.sweeps.measures.base import Grid, Measure
 from theoryscope.sweeps.records import nullable
 from theoryscope.sweeps.shorthands import grid_name
+
+# torch and core's trainers and measures load in the functions that train or measure, so that
+# reading results, planning and the CLI's --help, query and status do without them.
+if TYPE_CHECKING:
+    import torch
+
+    from theoryscope.core.measures.landscape import PairLandscape
+    from theoryscope.core.train import FamilyResult
 
 
 class PathMethod(Choice):
@@ -236,6 +239,13 @@ def _pair_rows(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], result: Fa
 def _measure_pairs(opts: ValleySpec, runs: Sequence[RunSpec], result: FamilyResult,
                    pairs: list[tuple[int, int]]) -> tuple[dict[str, Any], Any]:
     """Every pair's numbers as host arrays, and the steps at which relaxations stopped."""
+    import torch
+
+    from theoryscope.core import models
+    from theoryscope.core.measures.landscape import PairLandscape
+    from theoryscope.core.measures.valley import barrier_change, linear_barrier, polyline, relative_barrier
+    from theoryscope.core.train import objective_scale
+
     first, device = runs[0], result.data.x_train.device
     ends_a = torch.tensor([i for i, _ in pairs], device=device)
     ends_b = torch.tensor([j for _, j in pairs], device=device)
@@ -273,6 +283,12 @@ def _path(opts: ValleySpec, land: PairLandscape, a: torch.Tensor, b: torch.Tenso
     """The relaxed path ``[P, K, D]`` of every pair, its refinement for evaluation, the
     steps at which pairs stopped (-1: never) and the barrier recorded over the relaxation
     (``[P, R]``, in the objective's units; None for the straight line)."""
+    import torch
+
+    from theoryscope.core.measures.valley import bezier_barrier, segment, string_barrier
+    from theoryscope.core.seeding import derive_seed
+    from theoryscope.core.train import member_hyper
+
     never = torch.full((a.shape[0],), -1, dtype=torch.long)
     if opts.method is PathMethod.LINEAR:
         return segment(a, b, points), 1, never, None
@@ -301,25 +317,40 @@ def _row(opts: ValleySpec, sweep: str, runs: Sequence[RunSpec], i: int, j: int) 
             "end_loss_floor": opts.end_loss_floor, "change_tolerance": opts.change_tolerance}
 
 
-def draw_valleys(rows: Rows, _: str):
-    """Relative barrier (found path and straight line) and normalized length against width."""
+def draw_valleys(rows: Rows, swept: Sequence[str]):
+    """Relative barrier (found path solid, straight line dashed) and normalized length
+    against width, mean over pairs with min–max bars, one line per depth (else the first
+    other swept field), one panel per value of the others."""
     rows = [r for r in rows if r["barrier"] is not None]
     if not rows:
         return None
-    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-    for depth in distinct(rows, "depth"):
-        mine = sorted((r for r in rows if r["depth"] == depth), key=lambda r: r["width"] or 0)
-        widths = [r["width"] or 1 for r in mine]
-        line, = axes[0].plot(widths, [r["barrier"] for r in mine], marker="o", label=f"depth {depth}")
-        axes[0].plot(widths, [r["straight"] for r in mine], ls="--", color=line.get_color(), lw=1)
-        axes[1].plot(widths, [r["length"] for r in mine], marker="o", color=line.get_color())
-    axes[0].set_yscale("symlog", linthresh=1e-3)
-    axes[0].set_ylabel("barrier / worse end loss (dashed: straight line)")
-    axes[1].set_ylabel("normalized path length")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("width")
-    axes[0].legend(fontsize=8)
+    shape = layout(rows, swept, shown=("width",), lines=("depth",))
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (barriers, lengths) = panel_grid(len(keys), metrics=2)
+    styles = shape.styles(rows)
+    for top, bottom, key in zip(barriers, lengths, keys):
+        mine = matching(rows, shape.panels, key)
+        for line in shape.line_keys(mine):
+            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["width"] or 0)
+            widths = [r["width"] or 1 for r in points]
+            style = {**styles[line], "ls": "-"}
+            name = shape.line_label(line) if shape.lines else setting(("depth",), (points[0]["depth"],))
+            with_spread(top, [{**r, "width": w} for r, w in zip(points, widths)], "width", "barrier", name, style)
+            top.plot(widths, column(points, "straight"), ls="--", color=style["color"], lw=1)
+            bottom.plot(widths, column(points, "length"), marker="o", color=style["color"])
+        top.set_yscale("symlog", linthresh=1e-3)
+        top.set_ylabel("barrier / worse end loss")
+        bottom.set_ylabel("normalized path length")
+        ticks = sorted({r["width"] or 1 for r in mine})
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(w) for w in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel("width")
+            ax.set_title(shape.panel_title(key), fontsize=9)
+    shared_legend(fig, [key_line("-", "relaxed path", "o"), key_line("--", "straight line")])
+    note(fig, mean_note(rows, "bars: min–max", count="pairs", of="pairs"), shape.held_note())
     return fig
 
 
@@ -332,12 +363,14 @@ MEASURE = Measure(
     rows=valley_tables,
     figures=(
         Figure("valleys", "Barriers and path lengths against width",
-               "SELECT r.depth, r.width, avg(v.relative_barrier) AS barrier, "
+               "SELECT {fields}r.depth, r.width, count(*) AS pairs, avg(v.relative_barrier) AS barrier, "
+               "min(v.relative_barrier) AS low, max(v.relative_barrier) AS high, "
                "avg(v.linear_barrier / greatest(v.loss_a, v.loss_b, v.end_loss_floor * v.loss_scale)) AS straight, "
                "avg(v.normalized_length) AS length FROM valleys v JOIN runs r ON r.sweep = v.sweep AND "
                "r.run_id = v.run_a WHERE v.sweep = {sweep} GROUP BY ALL", draw_valleys,
-               "Mean barrier over the worse end's loss (relative_barrier) along the relaxed path (solid) and "
-               "the straight line (dashed) between pairs of solutions, and the found path's normalized length, "
-               "per depth and width."),
+               "Barrier over the worse end's loss (relative_barrier) along the relaxed path (solid, min–max bars "
+               "over pairs) and the straight line (dashed) between pairs of solutions, and the found path's "
+               "normalized length, mean over pairs, per width, one line per depth, one panel per value of every "
+               "other swept field (the first run's of each pair)."),
     ),
 )
