@@ -22,11 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 
-from theoryscope.core import counters, models
+from theoryscope.core import counters, nets
 from theoryscope.core.checkpoint import Checkpoint
 from theoryscope.core.config import DType, MatmulPrecision, Objective, RunSpec, shares_inputs
 from theoryscope.core.data import Dataset, make_dataset
-from theoryscope.core.datasets.table import input_width
 from theoryscope.core.optim import Hyper, StackedOptimizer
 from theoryscope.core.precision import matmuls_at
 
@@ -51,13 +50,13 @@ class FamilyResult:
     train_error: np.ndarray | None
     test_error: np.ndarray | None
     diverged_step: np.ndarray
-    params: models.Params
+    params: nets.Params
     wall_seconds: float
     device: str
     # The family's data on its device, and its weights at the requested snapshot steps
     # (for measures that look at the nets while they train).
     data: StackedData | None = None
-    snapshots: dict[int, models.Params] | None = None
+    snapshots: dict[int, nets.Params] | None = None
     stopped_step: np.ndarray | None = None
     # Experiment "linear-dynamics": ||W_e - W_rule||_F / ||W_rule||_F at the logged steps.
     rule_deviation: np.ndarray | None = None
@@ -184,11 +183,10 @@ class FamilyTraining:
         self.spec_train, spec_data, spec_model = first.train, first.data, first.model
         self.dtype = DTYPES[self.spec_train.dtype]
         self.data = stack_data(runs, self.dtype, device)
-        dims = spec_model.layer_dims(input_width(spec_data), spec_data.n_outputs)
-        self.params = models.init_family([r.model for r in runs], [r.seed for r in runs], dims, self.dtype, device)
+        self.model, self.spec_data = spec_model, spec_data
+        self.params = nets.init_family(runs, self.dtype, device)
         self.tensors = self.params.tensors()
         self.optimizer = StackedOptimizer(self.spec_train.optimizer, member_hyper(runs, self.dtype, device), self.tensors)
-        self.nonlinear = models.is_nonlinear(spec_model.kind)
         batch_size = self.spec_train.batch_size
         self.full_batch = batch_size == 0 or batch_size >= spec_data.n_train
         self.batches = None if self.full_batch else BatchOrder([r.seed for r in runs], spec_data.n_train,
@@ -208,23 +206,21 @@ class FamilyTraining:
         self.precision = self.spec_train.matmul_precision
         self.precision_error = torch.zeros(f, dtype=self.dtype, device=device)
 
-    def _forward(self, x: torch.Tensor, params: models.Params | None = None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, params: nets.Params | None = None) -> torch.Tensor:
         with matmuls_at(self.precision, self.device):
-            return models.forward(params or self.params, x, self.nonlinear).to(self.dtype)
+            return nets.forward(self.model, self.spec_data, params or self.params, x).to(self.dtype)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-member loss and error on a whole set, in blocks of members whose
         activations stay within ``EVAL_BYTES`` (one block for all but huge families)."""
         f, n = x.shape[:2]
-        widest = max(int(w.shape[1]) for w in self.params.weights)
+        widest = nets.activation_units(self.model, self.spec_data)
         block = max(1, EVAL_BYTES // max(1, 2 * n * widest * x.element_size()))
         losses, errors = [], []
         with torch.no_grad():
             for lo in range(0, f, block):
                 part = slice(lo, min(f, lo + block))
-                params = self.params if block >= f else models.Params(
-                    [w[part] for w in self.params.weights],
-                    None if self.params.biases is None else [b[part] for b in self.params.biases])
+                params = self.params if block >= f else nets.members(self.params, part)
                 loss, error = member_losses(self._forward(x[part], params), y[part], self.data.classification)
                 losses.append(loss)
                 errors.append(error)
@@ -235,7 +231,7 @@ class FamilyTraining:
     def _check_precision(self, train_loss: torch.Tensor) -> None:
         """Compare the training loss as trained with exact float32 (reduced precision only)."""
         with torch.no_grad():
-            exact, _ = member_losses(models.forward(self.params, self.data.x_train, self.nonlinear),
+            exact, _ = member_losses(nets.forward(self.model, self.spec_data, self.params, self.data.x_train),
                                      self.data.y_train, self.data.classification)
             error = (train_loss.detach() - exact).abs() / exact.abs().clamp_min(torch.finfo(self.dtype).tiny)
             self.precision_error = torch.maximum(self.precision_error, torch.nan_to_num(error, nan=0.0))
@@ -362,17 +358,14 @@ class FamilyTraining:
     def result(self) -> FamilyResult:
         host = self.curves.double().cpu().numpy()
         errors = self.data.classification
-        weights = [w.detach().cpu() for w in self.params.weights]
-        biases = None if self.params.biases is None else [b.detach().cpu() for b in self.params.biases]
-        depth = len(self.params.weights)
-        snapshots = {step: models.Params(tensors[:depth], tensors[depth:] or None)
-                     for step, tensors in self.snapshots.items()}
+        final = nets.like(self.params, [t.detach().cpu() for t in self.tensors])
+        snapshots = {step: nets.like(self.params, tensors) for step, tensors in self.snapshots.items()}
         return FamilyResult(
             steps=self.log_steps,
             train_loss=host[0], test_loss=host[1],
             train_error=host[2] if errors else None, test_error=host[3] if errors else None,
             diverged_step=self.diverged_step.cpu().numpy(), stopped_step=self.stopped_step.cpu().numpy(),
-            params=models.Params(weights, biases),
+            params=final,
             wall_seconds=self.elapsed, device=describe_device(self.device),
             data=self.data, snapshots=snapshots,
             precision_error=None if self.precision is MatmulPrecision.HIGHEST

@@ -87,6 +87,8 @@ RUNS = pa.schema([
     ("target", pa.float64()),         # train.target (acceleration)
     ("lr_tolerance", pa.float64()),   # train.lr_tolerance (acceleration)
     ("imbalance", pa.float64()),      # model.imbalance (linear-dynamics)
+    ("kernel_size", pa.int64()),      # model.kernel_size (cnn)
+    ("pool", pa.int64()),             # model.pool (cnn)
     ("singular_values", pa.string()), # data.singular_values as JSON (linear-modes)
     ("matmul_precision", pa.string()),  # train.matmul_precision
     ("precision_error", pa.float64()),  # |loss as trained - exact float32 loss| / exact, worst of first and last step

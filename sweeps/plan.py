@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from theoryscope.core import datasets
-from theoryscope.core.config import DataSpec, Experiment, FieldError, ModelSpec, RunSpec, TrainSpec, shares_inputs
+from theoryscope.core.config import (
+    REAL_DATA, DataSpec, Experiment, FieldError, ModelKind, ModelSpec, RunSpec, TrainSpec, shares_inputs,
+)
+from theoryscope.core.config.shapes import conv_shapes
 from theoryscope.core.datasets.table import check_table_rows, input_width
 from theoryscope.core.errors import DoesNotFit, SpecError
 from theoryscope.sweeps import measures
@@ -124,6 +127,7 @@ def _family_key(run: RunSpec) -> tuple:
     return (
         run.experiment, d.kind, d.n_train, d.n_test, input_width(d), d.n_outputs,
         m.kind, m.depth, m.width if run.applies("model", "width") else None,
+        *((m.kernel_size, m.pool) if m.kind is ModelKind.CNN else ()),
         m.activation if run.applies("model", "activation") else None, m.bias,
         t.optimizer, t.steps, t.batch_size, t.log_every, t.dtype, t.matmul_precision,
         m.overparam, *EXPERIMENTS[run.experiment].family_key(run),
@@ -323,9 +327,7 @@ def member_cost(run: RunSpec) -> MemberCost:
 def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train: TrainSpec) -> MemberCost:
     run = RunSpec(experiment, data, model, train)
     d, t = run.data, run.train
-    dims = run.model.layer_dims(input_width(d), d.n_outputs)
-    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-    params = weights + (sum(dims[1:]) if run.model.bias else 0)
+    params, weights, units = net_size(run.model, d)
     full_batch = t.batch_size == 0 or t.batch_size >= d.n_train
     batch = d.n_train if full_batch else t.batch_size
     n_logs = t.n_log_steps
@@ -335,9 +337,26 @@ def _member_cost(experiment: Experiment, data: DataSpec, model: ModelSpec, train
     states = t.optimizer.state_tensors
     inputs = (d.n_train + d.n_test) * input_width(d)
     labels = (d.n_train + d.n_test) * d.n_outputs
-    activations = 3 * max(batch, d.n_test) * sum(dims[1:])
+    activations = 3 * max(batch, d.n_test) * units
     resident = itemsize * (inputs + labels + params * (2 + states) + activations)
     return MemberCost(params, flops, resident + n_logs * CURVE_ROW_BYTES + per_step_bytes(run), itemsize * inputs)
+
+
+def net_size(model: ModelSpec, data: DataSpec) -> tuple[int, int, int]:
+    """One net's (parameters, multiply-adds per sample, layer outputs per sample). A conv
+    block of k x k kernels from C_in to C_out channels on an H x W map: C_out C_in k^2
+    weights, H W times as many multiply-adds, C_out H W outputs and the pooled map."""
+    if model.kind is ModelKind.CNN:
+        shapes = conv_shapes(REAL_DATA[data.kind].image, model.depth, model.kernel_size, model.pool, model.width)
+        convs = [b.out_channels * b.in_channels * model.kernel_size ** 2 for b in shapes.blocks]
+        head = shapes.features * data.n_outputs
+        maps = [math.prod(b.map) for b in shapes.blocks]
+        biases = sum(b.out_channels for b in shapes.blocks) + data.n_outputs if model.bias else 0
+        units = sum(b.out_channels * (m + math.prod(b.pooled)) for b, m in zip(shapes.blocks, maps))
+        return sum(convs) + head + biases, sum(c * m for c, m in zip(convs, maps)) + head, units + data.n_outputs
+    dims = model.layer_dims(input_width(data), data.n_outputs)
+    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return weights + (sum(dims[1:]) if model.bias else 0), weights, sum(dims[1:])
 
 
 # A logged step of one member: four metrics on the device, their float64 copy on the

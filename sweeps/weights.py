@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from theoryscope.core.config import Experiment, RunSpec
+from theoryscope.core.config import Experiment, ModelKind, RunSpec
 from theoryscope.core.datasets.table import input_width
 from theoryscope.core.errors import StorageError
 from theoryscope.storage.location import (
@@ -42,7 +42,7 @@ from theoryscope.sweeps.spec import KeepWeights, StoreSpec
 if TYPE_CHECKING:
     import torch
 
-    from theoryscope.core import models
+    from theoryscope.core import nets
     from theoryscope.core.train import FamilyResult
 
 WEIGHTS = pa.schema([
@@ -161,7 +161,19 @@ def drop_unfinished_weights(results: ResultsLike, sweep: str, done: set[str]) ->
             remove(path)
 
 
-def _named(step: int, params: models.Params) -> list[tuple[str, torch.Tensor]]:
+def _named(step: int, params: nets.Params) -> list[tuple[str, torch.Tensor]]:
+    """A family's tensors under their names in the file: ``step{s}.weight{i}`` and
+    ``step{s}.bias{i}`` of an MLP's layer i; a CNN's ``step{s}.conv{i}.weight`` (and
+    ``.bias``) of block i and ``step{s}.head.weight`` (and ``.bias``)."""
+    from theoryscope.core import cnn
+
+    if isinstance(params, cnn.ConvParams):
+        named = [(f"step{step}.conv{i}.weight", w) for i, w in enumerate(params.convs, start=1)]
+        named.append((f"step{step}.head.weight", params.head))
+        if params.conv_biases is not None:
+            named += [(f"step{step}.conv{i}.bias", b) for i, b in enumerate(params.conv_biases, start=1)]
+            named.append((f"step{step}.head.bias", params.head_bias))
+        return named
     named = [(f"step{step}.weight{i}", w) for i, w in enumerate(params.weights, start=1)]
     return named + [(f"step{step}.bias{i}", b) for i, b in enumerate(params.biases or [], start=1)]
 
@@ -174,10 +186,11 @@ def index(results: ResultsLike, sweep: str, run_id: str | None = None) -> pa.Tab
     return table if run_id is None else table.filter(pc.equal(table["run_id"], run_id))
 
 
-def load(results: ResultsLike, sweep: str, run_id: str, step: int | None = None) -> models.Params:
+def load(results: ResultsLike, sweep: str, run_id: str, step: int | None = None) -> nets.Params:
     """Run ``run_id``'s net at ``step`` (None: its final weights) as plain CPU tensors,
-    layer 1 first, in the dtype it trained in; biases None for a net without them."""
-    from theoryscope.core import models
+    layer 1 first, in the dtype it trained in; biases None for a net without them. A
+    CNN's is a ``core.cnn.ConvParams`` of one net (kernels ``[C_out, C_in, k, k]``)."""
+    from theoryscope.core import cnn, models
     from theoryscope.storage.tensors import read_header, read_member
 
     rows = index(results, sweep, run_id).to_pylist()
@@ -192,37 +205,45 @@ def load(results: ResultsLike, sweep: str, run_id: str, step: int | None = None)
                            f"{', '.join(map(str, kept))}")
     path = existing_root(results) / row["file"]
     entries, _ = read_header(path)
-    tensors = {name: read_member(path, entries[name], row["member"]) for name in row["tensors"]}
-    weights = [t for name, t in tensors.items() if ".weight" in name]
-    biases = [t for name, t in tensors.items() if ".bias" in name]
+    tensors = {name.split(".", 1)[1]: read_member(path, entries[name], row["member"]) for name in row["tensors"]}
+    if "head.weight" in tensors:
+        depth = sum(name.endswith(".weight") for name in tensors) - 1
+        biased = "head.bias" in tensors
+        return cnn.ConvParams([tensors[f"conv{i}.weight"] for i in range(1, depth + 1)], tensors["head.weight"],
+                              [tensors[f"conv{i}.bias"] for i in range(1, depth + 1)] if biased else None,
+                              tensors.get("head.bias"))
+    weights = [t for name, t in tensors.items() if name.startswith("weight")]
+    biases = [t for name, t in tensors.items() if name.startswith("bias")]
     return models.Params(weights, biases or None)
 
 
-def init(run: RunSpec) -> models.Params:
+def init(run: RunSpec) -> nets.Params:
     """The net ``run`` started from, rebuilt from its seed (float64, CPU; training casts
-    it to ``train.dtype``): ``models.init_member`` for experiment "train", the factors
-    of the common end-to-end start (``core.linear_start``) for the deep linear ones."""
-    from theoryscope.core import models
+    it to ``train.dtype``): ``models.init_member`` for experiment "train" (a CNN's
+    ``cnn.init_member``), the factors of the common end-to-end start
+    (``core.linear_start``) for the deep linear ones."""
+    from theoryscope.core import cnn, models, nets
     from theoryscope.core.linear_start import initial_factors
 
+    if run.model.kind is ModelKind.CNN:
+        return cnn.init_member(nets.conv_arch(run.model, run.data), run.seed, run.model.init_scale, run.model.init)
     if run.experiment is Experiment.TRAIN:
         dims = run.model.layer_dims(input_width(run.data), run.data.n_outputs)
         return models.init_member(run.model, dims, run.seed)
     return models.Params(initial_factors(run), None)
 
 
-def family_init(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> models.Params:
+def family_init(runs: Sequence[RunSpec], dtype: torch.dtype, device: torch.device) -> nets.Params:
     """``init`` of every member of a family, stacked ``[F, ...]``: drawn for the whole
-    family at once for experiment "train" (``models.init_family``)."""
+    family at once for experiment "train" (``nets.init_family``)."""
     import torch
 
-    from theoryscope.core import models
+    from theoryscope.core import models, nets
     from theoryscope.core.linear_start import initial_factors
 
     first = runs[0]
     if first.experiment is Experiment.TRAIN:
-        dims = first.model.layer_dims(input_width(first.data), first.data.n_outputs)
-        return models.init_family([r.model for r in runs], [r.seed for r in runs], dims, dtype, device)
+        return nets.init_family(runs, dtype, device)
     factors = [initial_factors(run) for run in runs]
     return models.Params([torch.stack(layer).to(device=device, dtype=dtype) for layer in zip(*factors)], None)
 

@@ -82,3 +82,19 @@ def test_the_scale_benchmarks_previous_engine_is_the_per_member_one(monkeypatch)
     args = argparse.Namespace(engine="previous", members=3, width=4, steps=6, batch_size=64, device="cpu")
     row = scale.measure_one(args)
     assert row["peak_bytes"] > 0 and np.isfinite(row["final_train_loss"]) and row["wall_s"] >= row["train_s"] > 0
+
+
+def test_the_cnn_benchmarks_baseline_net_is_the_family_member():
+    """bench.cnn_speed's one-at-a-time baseline starts each net where its family member
+    starts: the same outputs on the digits images."""
+    from bench.cnn_speed import SPEC, one_net
+    from theoryscope.core import nets
+    from theoryscope.core.data import make_dataset
+
+    runs = plan_sweep(parse_spec(SPEC.format(depth=2, width=4, steps=10, seeds=[0, 1]))).runs
+    family = nets.init_family(runs, torch.float32, torch.device("cpu"))
+    x = make_dataset(runs[0].data).x_train[:8].float()
+    stacked = nets.forward(runs[0].model, runs[0].data, family, x.expand(2, *x.shape))
+    for member, run in enumerate(runs):
+        alone = one_net(run, torch.device("cpu"))(nets.images(run.data, x))
+        torch.testing.assert_close(alone, stacked[member], rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from theoryscope.core.config import Experiment
+from theoryscope.core.config import Experiment, ModelKind
 from theoryscope.sweeps.experiments import EXPERIMENTS
 from theoryscope.sweeps.load import parse_spec
 from theoryscope.sweeps.measures import MEASURES, MeasureSpec
@@ -24,7 +24,9 @@ def test_a_measure_with_options_is_a_key_of_the_measure_section(measure):
         return
     defaults = measure.options()
     assert dataclasses.is_dataclass(defaults) and defaults.__dataclass_params__.frozen
-    spec = parse_spec(f'name = "m"\n[measure]\n{measure.name} = true\n[grid]\nseed = [0, 1]')
+    model = "" if ModelKind.MLP in measure.models else (
+        '[data]\nkind = "digits"\nn_train = 100\nn_test = 100\n[model]\nkind = "cnn"\n')  # a CNN's measure
+    spec = parse_spec(f'name = "m"\n{model}[measure]\n{measure.name} = true\n[grid]\nseed = [0, 1]')
     assert getattr(spec.measure, measure.name) == defaults
 
 

@@ -97,6 +97,12 @@ SMALLER: dict[str, list[tuple[str, str]]] = {
     # floor, and a string's chords (fewer beads or steps too) leave a barrier above the
     # floored tolerance.
     "valleys-vs-width": [("n_test = 512", "n_test = 256"), ("width = [4, 16, 64]", "width = [4, 64]")],
+    # Both depths (the layers the README compares), one width and seed, a short training.
+    "cnn-invertibility": [
+        ("n_train = 1000", "n_train = 200"), ("n_test = 797", "n_test = 200"), ("steps = 1500", "steps = 100"),
+        ("width = [8, 32]", "width = [8]"), ("seed = [0, 1, 2]", "seed = [0]"),
+        ("invertibility = { samples = 64, draws = 256 }", "invertibility = { samples = 16, draws = 32 }"),
+    ],
     # Condition 30 only (the claim's); a target of 1e-4 of the initial gap instead of 1e-5,
     # which every run reaches within 1000 steps: speed-ups are ratios, not lower bounds.
     # (A target of 1e-3 is too loose: depth 2 no longer speeds up p = 6 more than p = 2.)

@@ -55,7 +55,7 @@ def test_empty_results_give_empty_views_with_the_schema_columns(tmp_path):
     views = describe_views(tmp_path / "nothing-here")
     assert set(views) == {"sweeps", "runs", "curves", "layers", "bounds", "valleys", "acceleration", "modes",
                           "overtraining", "weights", "attenuation", "complexity", "rankings", "rankings_axes",
-                          "rankings_environments"}
+                          "rankings_environments", "invertibility"}
     assert [c for c, _ in views["runs"]] == schemas.RUNS.names
     assert dict(views["runs"])["finished_at"] == "TIMESTAMP WITH TIME ZONE"
     assert run_query(tmp_path, "SELECT count(*) AS n FROM runs").column("n").to_pylist() == [0]

@@ -15,8 +15,10 @@ from typing import Any
 
 from theoryscope.core.config.fields import FieldError, omitted, require, section_to_dict
 from theoryscope.core.config.sections import (
-    DataKind, DataSpec, Experiment, Init, MatmulPrecision, ModelKind, ModelSpec, Optimizer, Overparam, TrainSpec,
+    REAL_DATA, DataKind, DataSpec, Experiment, Init, MatmulPrecision, ModelKind, ModelSpec, Optimizer, Overparam,
+    TrainSpec,
 )
+from theoryscope.core.config.shapes import conv_shapes
 
 RUN_SECTIONS: dict[str, type] = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 
@@ -35,6 +37,8 @@ class RunSpec:
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         self._check_experiment()
+        if self.model.kind is ModelKind.CNN:
+            self._check_convolutions()
         if self.train.batch_size > self.data.n_train:
             raise FieldError("train.batch_size", f"at most data.n_train = {self.data.n_train}",
                              self.train.batch_size)
@@ -96,6 +100,24 @@ class RunSpec:
         ]
         check_needs(needs, self.experiment)
 
+    def _check_convolutions(self) -> None:
+        """A CNN needs images (``RealData.image``), experiment "train", and kernels and
+        pooling that fit every block's map."""
+        if self.experiment is not Experiment.TRAIN:
+            raise FieldError("model.kind", f'"mlp" | "linear" for experiment = "{self.experiment.value}"',
+                             self.model.kind.value)
+        real = REAL_DATA.get(self.data.kind)
+        if real is None:
+            images = " | ".join(f'"{k.value}"' for k in REAL_DATA)
+            raise FieldError("model.kind", f'"mlp" | "linear" on data without images ("cnn" needs data.kind = '
+                             f'{images})', self.model.kind.value)
+        m = self.model
+        try:
+            conv_shapes(real.image, m.depth, m.kernel_size, m.pool, m.width)
+        except FieldError as exc:
+            raise FieldError(f"model.{exc.field_name}", f"{exc.expected} ({self.data.kind.value} images are "
+                             f"{'x'.join(map(str, real.image))})", exc.got) from None
+
     def _check_factor_width(self) -> None:
         """The hidden width must hold the rank of the end-to-end start W0."""
         if self.model.depth < 2:
@@ -140,6 +162,7 @@ class RunSpec:
     def _find_conditional_fields(self) -> dict[tuple[str, str], bool]:
         kind, optimizer, depth = self.data.kind, self.train.optimizer, self.model.depth
         accelerating = self.experiment is Experiment.ACCELERATION
+        convolutional = self.model.kind is ModelKind.CNN
         only_if = {
             ("data", "p"): kind is DataKind.LP_REGRESSION,
             ("data", "condition"): kind is DataKind.LP_REGRESSION and not self.data.from_table,
@@ -160,9 +183,11 @@ class RunSpec:
             ("data", "n_classes"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "class_sep"): kind is DataKind.GAUSSIAN_MIXTURE,
             ("data", "label_corruption"): kind.is_classification and self.data.label_noise > 0,
-            ("model", "width"): depth >= 2 and self.model.overparam is not Overparam.SCALAR,
+            ("model", "width"): (depth >= 2 or convolutional) and self.model.overparam is not Overparam.SCALAR,
             ("data", "label_noise"): kind is not DataKind.LINEAR_MODES and not self.data.from_table,
-            ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP,
+            ("model", "activation"): depth >= 2 and self.model.kind is ModelKind.MLP or convolutional,
+            ("model", "kernel_size"): convolutional,
+            ("model", "pool"): convolutional,
             ("train", "momentum"): optimizer is Optimizer.SGD,
             ("train", "beta1"): optimizer is Optimizer.ADAM,
             ("train", "beta2"): optimizer is Optimizer.ADAM,

@@ -53,13 +53,14 @@ class RealData(NamedTuple):
     classes: int
     train: int  # samples of the official training split (digits: of the whole set)
     test: int
+    image: tuple[int, int, int]  # (channels, height, width): the inputs are these images, flattened in this order
 
 
 REAL_DATA = {
-    DataKind.DIGITS: RealData(64, 10, 1797, 1797),
-    DataKind.MNIST: RealData(784, 10, 60000, 10000),
-    DataKind.FASHION_MNIST: RealData(784, 10, 60000, 10000),
-    DataKind.CIFAR10: RealData(3072, 10, 50000, 10000),
+    DataKind.DIGITS: RealData(64, 10, 1797, 1797, (1, 8, 8)),
+    DataKind.MNIST: RealData(784, 10, 60000, 10000, (1, 28, 28)),
+    DataKind.FASHION_MNIST: RealData(784, 10, 60000, 10000, (1, 28, 28)),
+    DataKind.CIFAR10: RealData(3072, 10, 50000, 10000, (3, 32, 32)),
 }
 
 
@@ -76,6 +77,7 @@ class LabelCorruption(Choice):
 class ModelKind(Choice):
     MLP = "mlp"
     LINEAR = "linear"
+    CNN = "cnn"
 
 
 class Activation(Choice):
@@ -250,12 +252,15 @@ class DataSpec:
 class ModelSpec:
     """The student."""
 
-    # "mlp" (ReLU between layers, none after the last) or "linear" (a deep linear net).
+    # "mlp" (ReLU between layers, none after the last), "linear" (a deep linear net) or
+    # "cnn" (image data: `depth` blocks of a kernel_size x kernel_size convolution to
+    # `width` channels, stride 1, zero "same" padding, ReLU, pool x pool max-pooling;
+    # then one linear layer to the outputs).
     kind: ModelKind = ModelKind.MLP
     # Number of weight matrices, as in the theory papers: depth 1 is a linear model,
-    # depth L has L - 1 hidden layers of `width` units.
+    # depth L has L - 1 hidden layers of `width` units. "cnn": the number of conv blocks.
     depth: int = 2
-    # Units per hidden layer (unused at depth 1).
+    # Units per hidden layer (unused at depth 1); "cnn": channels of every convolution.
     width: int = 64
     # Nonlinearity of "mlp"; the cushion definitions of Arora et al. assume ReLU.
     activation: Activation = Activation.RELU
@@ -279,10 +284,17 @@ class ModelSpec:
     # Experiment "linear-dynamics": W_1 is multiplied and W_N divided by 1 + imbalance
     # after the init, which keeps the end-to-end matrix and breaks balancedness.
     imbalance: float = field(default=0.0, metadata={"omit_default": True})
+    # "cnn": the side of every (square, odd) convolution kernel, and of the max-pooling
+    # blocks after every ReLU (1 = no pooling; it must divide the map it pools).
+    kernel_size: int = field(default=3, metadata={"omit_default": True})
+    pool: int = field(default=2, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         require(self.depth >= 1, "depth", "an integer >= 1", self.depth)
         require(self.width >= 1, "width", "an integer >= 1", self.width)
+        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size", "an odd integer >= 1",
+                self.kernel_size)
+        require(self.pool >= 1, "pool", "an integer >= 1", self.pool)
         require(is_finite(self.imbalance) and self.imbalance > -1, "imbalance", "a number > -1", self.imbalance)
         require(is_finite(self.init_scale) and self.init_scale >= 0, "init_scale",
                  "a finite number >= 0", self.init_scale)

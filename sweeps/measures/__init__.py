@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from theoryscope.core.config import RunSpec
-from theoryscope.sweeps.measures import complexity, cushions, overtraining, valleys
+from theoryscope.core.config import ModelKind, RunSpec
+from theoryscope.core.errors import SpecError
+from theoryscope.sweeps.measures import complexity, cushions, invertibility, overtraining, valleys
 from theoryscope.sweeps.measures.base import Grid, Measure
 
 if TYPE_CHECKING:
     from theoryscope.core.train import FamilyResult
 
 MEASURES: dict[str, Measure] = {m.name: m for m in (cushions.MEASURE, valleys.MEASURE, overtraining.MEASURE,
-                                                    complexity.MEASURE)}
+                                                    complexity.MEASURE, invertibility.MEASURE)}
 
 # The `[measure]` section: each measure with options is off unless named there (true, or
 # a table of its options).
@@ -50,7 +51,12 @@ def enabled(spec: MeasureSpec) -> list[tuple[Measure, Any]]:
 def check_measures(spec: MeasureSpec, grid: Grid, base: RunSpec) -> None:
     """What each enabled measure needs of the rest of the sweep (its grid, and its base
     run for the fields the grid leaves alone); raises ``SpecError``."""
+    kinds = dict(grid).get("model.kind", (base.model.kind,))
     for measure, options in enabled(spec):
+        if options is not None and any(kind not in measure.models for kind in kinds):
+            allowed = " | ".join(f'"{k.value}"' for k in ModelKind if k in measure.models)
+            shown = " | ".join(f'"{k.value}"' for k in kinds if k not in measure.models)
+            raise SpecError(f"measure.{measure.name}: measures model.kind = {allowed}, not {shown}")
         measure.check(options, grid, base)
 
 

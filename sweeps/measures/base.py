@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from theoryscope.core.config import RunSpec
+from theoryscope.core.config import ModelKind, RunSpec
 from theoryscope.sweeps.figures import Figure
 
 if TYPE_CHECKING:
@@ -62,7 +62,8 @@ class Measure:
     whose view wraps the files' rows (``{stored}`` in the SQL) with what other views made
     before it add; ``per_sweep``: its tables written once per sweep,
     not per family (a launch keeps their files whatever families it reruns);
-    ``figures``: what a report draws of it.
+    ``figures``: what a report draws of it. ``models``: the ``model.kind`` values it
+    measures (a sweep enabling it on another kind is refused).
     """
 
     name: str
@@ -76,3 +77,4 @@ class Measure:
     enriched: Mapping[str, str] = field(default_factory=dict)
     per_sweep: frozenset[str] = frozenset()
     figures: tuple[Figure, ...] = ()
+    models: frozenset[ModelKind] = frozenset({ModelKind.MLP, ModelKind.LINEAR})
