@@ -16,7 +16,7 @@ from theoryscope.storage.location import ResultsLike
 from theoryscope.sweeps.analyze import Analysis
 from theoryscope.sweeps.launch import LaunchSummary
 from theoryscope.sweeps.plan import Plan, estimate_cost
-from theoryscope.sweeps.records import RENAMED, config_columns
+from theoryscope.sweeps.records import config_columns, runs_column
 from theoryscope.sweeps.status import SweepStatus
 from theoryscope.sweeps.weights import Kept, plan_weights
 
@@ -53,7 +53,7 @@ def plan_view(plan: Plan) -> RenderableType:
         head.append(f"\nnote: {note}")
 
     runs = Table(title="runs", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    swept = [_column_of(target) for target, _ in spec.grid]
+    swept = [runs_column(target) for target, _ in spec.grid]
     family_of = {r.run_id: f.family_id for f in plan.families for r in f.runs}
     for header in ("run_id", *swept, "family"):
         runs.add_column(header)
@@ -98,12 +98,6 @@ def weights_line(plan: Plan) -> str:
         return (f"weights: not kept ({decided.reason}); the final ones would take ≈ {_bytes(decided.final_bytes)}, "
                 f"with the snapshots ≈ {_bytes(decided.all_bytes)}")
     return f"weights: {decided.kept.value} kept, ≈ {_bytes(decided.bytes)} ({decided.reason})"
-
-
-def _column_of(target: str) -> str:
-    """The ``runs`` column of a grid target (``model.width`` -> ``width``)."""
-    section, _, name = target.partition(".")
-    return "seed" if target == "seed" else RENAMED.get((section, name), name)
 
 
 def summary_view(summary: LaunchSummary) -> Table:

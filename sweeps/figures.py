@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from theoryscope.sweeps.panels import (
-    DECADES, QUESTION_FIELDS, SEED_COLUMNS, Rows, Swept, column, key_line, label, layout, levels, log_axis, matching,
-    mean_note, note, number, panel_grid, shared_legend, with_spread,
+    DECADES, QUESTION_FIELDS, SEED_COLUMNS, Rows, Swept, column, facets, key_line, label, layout, levels, log_axis,
+    matching, mean_note, note, number, panel_grid, shared_legend, with_spread,
 )
 
 Draw = Callable[[Rows, Swept], Any]  # -> a matplotlib Figure, or None
@@ -171,20 +171,16 @@ def gap_against_noise(rows: Rows, swept: Swept):
     if len(levels(rows, "label_noise")) < 2:
         return None
     shape = layout(rows, swept, shown=("label_noise",), lines=("depth", "width"), line_fields=2)
-    rows = shape.keep(rows)
-    keys = shape.panel_keys(rows)
-    fig, (axes,) = panel_grid(len(keys))
-    styles = shape.styles(rows)
+    fig, rows, panels = facets(rows, shape, order="label_noise")
     metric = "error" if is_error(rows) else "loss"
-    for ax, key in zip(axes, keys):
-        mine = matching(rows, shape.panels, key)
-        for line in shape.line_keys(mine):
-            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["label_noise"])
-            with_spread(ax, points, "label_noise", "gap", shape.line_label(line), styles[line])
+    for panel in panels:
+        ax = panel.ax
+        for line, points, style in panel.lines:
+            with_spread(ax, points, "label_noise", "gap", shape.line_label(line), style)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel("label noise")
         ax.set_ylabel(f"test − train {metric}")
-        ax.set_title(shape.panel_title(key), fontsize=9)
+        ax.set_title(shape.panel_title(panel.key), fontsize=9)
     shared_legend(fig)
     fig.suptitle(f"Generalization gap (test − train {metric}) against label noise")
     note(fig, mean_note(rows, "bars: min–max"), shape.held_note())
@@ -198,17 +194,13 @@ def against_n_train(rows: Rows, swept: Swept):
     if len(levels(rows, "n_train")) < 2:
         return None
     shape = layout(rows, swept, shown=("n_train",), lines=("label_noise",))
-    rows = shape.keep(rows)
-    keys = shape.panel_keys(rows)
-    fig, (axes,) = panel_grid(len(keys))
-    styles = shape.styles(rows)
+    fig, rows, panels = facets(rows, shape, order="n_train")
     metric = "error" if is_error(rows) else "loss"
     theory = False
-    for ax, key in zip(axes, keys):
-        mine = matching(rows, shape.panels, key)
-        for line in shape.line_keys(mine):
-            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["n_train"])
-            style = {**styles[line], "ls": "-"}
+    for panel in panels:
+        ax, key, mine = panel.ax, panel.key, panel.rows
+        for line, points, style in panel.lines:
+            style = {**style, "ls": "-"}
             with_spread(ax, points, "n_train", "test", shape.line_label(line), style)
             ax.plot(column(points, "n_train"), column(points, "train"), color=style["color"], ls=":", lw=1.2)
             if any(p["theory"] is not None for p in points):

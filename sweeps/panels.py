@@ -280,3 +280,33 @@ def with_spread(ax, points: Rows, x: str, y: str, name: str, style: dict) -> Non
     below, above = np.nan_to_num(ys - low, nan=0.0).clip(0), np.nan_to_num(high - ys, nan=0.0).clip(0)
     ax.errorbar(xs, ys, yerr=[below, above] if np.any(below + above > 0) else None, label=name, capsize=2,
                 ms=4, **style)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a faceted figure: its axes, its key (values of ``Layout.panels``), its
+    rows, and its lines as (line key, the line's rows, its matplotlib keywords)."""
+
+    ax: Any
+    key: tuple
+    rows: Rows
+    lines: list[tuple[tuple, Rows, dict]]
+
+
+def facets(rows: Rows, shape: Layout, size: tuple[float, float] = (3.4, 2.8), order: str | None = None
+           ) -> tuple[Any, Rows, list[Panel]]:
+    """A figure of one row of panels per ``shape``: the rows at its held values, and for
+    every panel the rows of each of its lines (sorted by ``order``) with their style."""
+    rows = shape.keep(rows)
+    keys = shape.panel_keys(rows)
+    fig, (axes,) = panel_grid(len(keys), size=size)
+    styles = shape.styles(rows)
+    panels = []
+    for ax, key in zip(axes, keys):
+        mine = matching(rows, shape.panels, key)
+        lines = []
+        for line in shape.line_keys(mine):
+            points = matching(mine, shape.lines, line)
+            lines.append((line, sorted(points, key=lambda r: r[order]) if order else points, styles[line]))
+        panels.append(Panel(ax, key, mine, lines))
+    return fig, rows, panels

@@ -28,6 +28,12 @@ class RunStatus(Choice):
     FAILED = "failed"
 
 
+def runs_column(target: str) -> str:
+    """The ``runs`` column of a grid target (``model.width`` -> ``width``, ``seed`` -> ``seed``)."""
+    section, _, name = target.partition(".")
+    return RENAMED.get((section, name), name) if name else section
+
+
 def config_column_names() -> list[str]:
     """The ``runs`` column of every field that is part of a run's id, plus experiment and seed."""
     names = ["experiment", "seed"]

@@ -26,7 +26,7 @@ from theoryscope.storage.query import sql_string
 from theoryscope.storage.schemas import RUNS
 from theoryscope.sweeps.catalog import recorded_sweep
 from theoryscope.sweeps.panels import pyplot
-from theoryscope.sweeps.records import RENAMED
+from theoryscope.sweeps.records import runs_column
 from theoryscope.sweeps.spec import SweepSpec
 from theoryscope.sweeps.tables import FIGURES, run_query
 
@@ -41,13 +41,7 @@ def swept_columns(spec: SweepSpec) -> tuple[str, ...]:
     """The ``runs`` column of every swept field, in grid order (``seed`` for the run's seed),
     those without a column (none today) left out: what the figures place on axes, colours
     and panels."""
-    columns = []
-    for target, _ in spec.grid:
-        section, _, name = target.partition(".")
-        column = RENAMED.get((section, name), name) if name else section
-        if column in RUNS.names:
-            columns.append(column)
-    return tuple(columns)
+    return tuple(c for c in (runs_column(target) for target, _ in spec.grid) if c in RUNS.names)
 
 
 def build_report(results: ResultsLike, sweep: str, out: Path) -> Report:

@@ -25,7 +25,7 @@ from theoryscope.core.measures.rate_search import refinement_members
 from theoryscope.sweeps.experiments.base import ExperimentKind
 from theoryscope.sweeps.figures import Figure
 from theoryscope.sweeps.panels import (
-    Rows, distinct, layout, matching, mean_note, note, panel_grid, shared_legend, shared_log_axes, with_spread,
+    Rows, distinct, facets, layout, mean_note, note, shared_legend, shared_log_axes, with_spread,
 )
 from theoryscope.sweeps.records import nullable
 
@@ -170,15 +170,11 @@ def draw_acceleration(rows: Rows, swept: Sequence[str]):
     if not rows:
         return None
     shape = layout(rows, swept, shown=("depth",), lines=("p", "optimizer"), line_fields=2)
-    rows = shape.keep(rows)
-    keys = shape.panel_keys(rows)
-    fig, (axes,) = panel_grid(len(keys), size=(3.8, 3.2))
-    styles = shape.styles(rows)
-    for ax, key in zip(axes, keys):
-        mine = matching(rows, shape.panels, key)
-        for line in shape.line_keys(mine):
-            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["depth"])
-            style = {**styles[line], "marker": "o"}
+    fig, rows, panels = facets(rows, shape, size=(3.8, 3.2), order="depth")
+    for panel in panels:
+        ax, key = panel.ax, panel.key
+        for line, points, style in panel.lines:
+            style = {**style, "marker": "o"}
             with_spread(ax, points, "depth", "ratio", shape.line_label(line), style)
             bounds = [r for r in points if r["lower_bound"]]
             ax.plot([r["depth"] for r in bounds], [r["ratio"] for r in bounds], "o", color="w", mec=style["color"],
@@ -188,7 +184,7 @@ def draw_acceleration(rows: Rows, swept: Sequence[str]):
         ax.set_xlabel("depth")
         ax.set_ylabel("steps at depth 1 / steps")
         ax.set_title(shape.panel_title(key), fontsize=9)
-    shared_log_axes(axes)
+    shared_log_axes([panel.ax for panel in panels])
     shared_legend(fig)
     note(fig, mean_note(rows, "bars: min–max"), "hollow: lower bound (depth 1 never reached the target)"
          if any(r["lower_bound"] for r in rows) else "", shape.held_note())

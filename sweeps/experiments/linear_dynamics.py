@@ -20,7 +20,7 @@ from theoryscope.core.config import Experiment, Init, RunSpec
 from theoryscope.sweeps.experiments.base import ExperimentKind
 from theoryscope.sweeps.figures import Figure
 from theoryscope.sweeps.panels import (
-    Rows, column, layout, matching, mean_note, note, panel_grid, shared_legend, shared_log_axes,
+    Rows, column, facets, layout, matching, mean_note, note, panel_grid, shared_legend, shared_log_axes,
 )
 
 if TYPE_CHECKING:
@@ -95,23 +95,19 @@ def draw_rule_deviation(rows: Rows, swept: Sequence[str]):
     if not rows:
         return None
     shape = layout(rows, swept, shown=("step",), lines=("lr", "imbalance"), line_fields=2)
-    rows = shape.keep(rows)
-    keys = shape.panel_keys(rows)
-    fig, (axes,) = panel_grid(len(keys), size=(4.2, 3.2))
-    styles = shape.styles(rows)
-    for ax, key in zip(axes, keys):
-        mine = matching(rows, shape.panels, key)
-        for line in shape.line_keys(mine):
-            points = sorted(matching(mine, shape.lines, line), key=lambda r: r["step"])
+    fig, rows, panels = facets(rows, shape, size=(4.2, 3.2), order="step")
+    for panel in panels:
+        ax, key = panel.ax, panel.key
+        for line, points, style in panel.lines:
             steps, low, high = column(points, "step"), column(points, "low"), column(points, "high")
-            ax.plot(steps, column(points, "deviation"), color=styles[line]["color"], ls=styles[line]["ls"],
+            ax.plot(steps, column(points, "deviation"), color=style["color"], ls=style["ls"],
                     label=shape.line_label(line))
             if np.any(high > low):
-                ax.fill_between(steps, low, high, color=styles[line]["color"], alpha=0.15, lw=0)
+                ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, lw=0)
         ax.set_xlabel("step")
         ax.set_ylabel("‖W_e − W_rule‖ / ‖W_rule‖")
         ax.set_title(shape.panel_title(key), fontsize=9)
-    shared_log_axes(axes)
+    shared_log_axes([panel.ax for panel in panels])
     shared_legend(fig)
     note(fig, mean_note(rows, "band: min–max"), shape.held_note())
     return fig

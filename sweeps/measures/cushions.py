@@ -25,7 +25,7 @@ from theoryscope.core.config import Choice, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.figures import Figure
 from theoryscope.sweeps.panels import (
-    Rows, distinct, layout, levels, matching, mean_note, note, panel_grid, pyplot, shared_legend,
+    Rows, distinct, facets, layout, levels, matching, mean_note, note, panel_grid, pyplot, shared_legend,
     shared_log_axes,
 )
 from theoryscope.sweeps.measures.base import Grid, Measure
@@ -367,20 +367,16 @@ def draw_effective_params(rows: Rows, swept: Sequence[str]):
     if not rows:
         return None
     shape = layout(rows, swept, lines=("label_noise", "width", "depth"), line_fields=2)
-    rows = shape.keep(rows)
-    keys = shape.panel_keys(rows)
-    fig, (axes,) = panel_grid(len(keys), size=(3.8, 3.2))
-    styles = shape.styles(rows)
-    for ax, key in zip(axes, keys):
-        mine = matching(rows, shape.panels, key)
-        for line in shape.line_keys(mine):
-            points = matching(mine, shape.lines, line)
-            ax.scatter([r["q"] for r in points], [r["gap"] for r in points], s=20, color=styles[line]["color"],
-                       marker=styles[line]["marker"], label=shape.line_label(line))
+    fig, rows, panels = facets(rows, shape, size=(3.8, 3.2))
+    for panel in panels:
+        ax, key = panel.ax, panel.key
+        for line, points, style in panel.lines:
+            ax.scatter([r["q"] for r in points], [r["gap"] for r in points], s=20, color=style["color"],
+                       marker=style["marker"], label=shape.line_label(line))
         ax.set_xlabel("effective parameters q")
         ax.set_ylabel("generalization gap")
         ax.set_title(shape.panel_title(key), fontsize=9)
-    shared_log_axes(axes, "x")
+    shared_log_axes([panel.ax for panel in panels], "x")
     shared_legend(fig)
     note(fig, "one point per run", shape.held_note())
     return fig
