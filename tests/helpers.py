@@ -29,6 +29,7 @@ from theoryscope.core.config import (
 )
 from theoryscope.core.seeding import derive_seed
 from theoryscope.storage.parquet import scan
+from theoryscope.sweeps.checkpoints import Checkpointer
 from theoryscope.sweeps.tables import run_query
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,6 +247,20 @@ FAMILIES = {
         seed=[0, 1, 2],
     ),
 }
+
+class Interrupting(Checkpointer):
+    """Saves like a Checkpointer, then stops training (as a kill would) after ``after`` saves."""
+
+    def __init__(self, path, every_steps, after):
+        super().__init__(path, every_steps)
+        self.after, self.saves = after, 0
+
+    def save(self, payload):
+        super().save(payload)
+        self.saves += 1
+        if self.saves == self.after:
+            raise KeyboardInterrupt
+
 
 # ---------------------------------------------------------------------------------------
 # Real processes, interrupted (tests/test_interrupt.py, tests/test_embedded_ray.py)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import invoke, one_line_error
+from helpers import Interrupting, invoke, one_line_error
 from theoryscope import weights
 from theoryscope.core.config import REAL_DATA
 from theoryscope.core.data import make_dataset
 from theoryscope.core.train import train_family
+from theoryscope.sweeps.checkpoints import Checkpointer
 from theoryscope.sweeps.load import parse_spec
 from theoryscope.sweeps.plan import plan_sweep
 from theoryscope.sweeps.tables import run_query
@@ -159,3 +160,15 @@ def test_invertibility_is_refused_on_an_mlp_and_with_biases(write_spec, results)
     assert 'measure.invertibility: measures model.kind = "cnn", not "mlp"' in one_line_error(invoke("plan", mlp))
     biased = write_spec(INVERTIBLE.replace("bias = false", "bias = true"), name="b.toml")
     assert "set model.bias = false" in one_line_error(invoke("plan", biased))
+
+
+def test_a_cnn_family_continued_from_its_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    runs = plan_sweep(parse_spec(CNN_SPEC.replace('optimizer = "gd"', 'optimizer = "sgd"\nbatch_size = 16\n'
+                                                  'momentum = 0.9').replace("steps = 6", "steps = 20"))).runs
+    whole = train_family(runs, torch.device("cpu"))
+    path = tmp_path / "family.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_family(runs, torch.device("cpu"), Interrupting(path, every_steps=7, after=2))
+    continued = train_family(runs, torch.device("cpu"), Checkpointer(path, every_steps=7))
+    assert (continued.train_loss == whole.train_loss).all() and (continued.test_error == whole.test_error).all()
+    assert all(torch.equal(a, b) for a, b in zip(continued.params.tensors(), whole.params.tensors()))

@@ -145,3 +145,24 @@ def test_reduced_precision_on_cuda_is_close_to_exact_and_reports_its_error():
         assert (reduced.precision_error < tolerance).all(), name
         assert (abs(reduced.train_loss[-1] / exact.train_loss[-1] - 1) < tolerance).all(), name
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+CNN = """
+name = "c"
+data = {kind = "digits", n_train = 60, n_test = 40}
+model = {kind = "cnn", width = 3}
+train = {optimizer = "sgd", lr = 0.1, batch_size = 16, steps = 20, log_every = 10, dtype = "float64"}
+grid = {depth = [1, 2], seed = [0, 1]}
+"""
+
+
+@needs_cuda
+def test_a_cnn_family_on_cuda_matches_the_cpu():
+    from theoryscope.sweeps.load import parse_spec
+    from theoryscope.sweeps.plan import plan_sweep
+
+    runs = [r for r in plan_sweep(parse_spec(CNN)).runs if r.model.depth == 2]  # float64
+    cpu = train_family(runs, torch.device("cpu"))
+    gpu = train_family(runs, pick_device(1))
+    for key in ("train_loss", "test_loss", "test_error"):
+        np.testing.assert_allclose(getattr(gpu, key), getattr(cpu, key), rtol=1e-6, err_msg=key)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from helpers import FAMILIES, SMALL_SPEC
+from helpers import FAMILIES, SMALL_SPEC, Interrupting
 from theoryscope.core.errors import TheoryscopeError
 from theoryscope.core.train import train_family
 from theoryscope.storage.parquet import table_path
@@ -23,20 +23,6 @@ from theoryscope.sweeps.plan import plan_sweep
 from theoryscope.sweeps.tables import debris, run_query
 
 CPU = torch.device("cpu")
-
-
-class Interrupting(Checkpointer):
-    """Saves like a Checkpointer, then stops training (as a kill would) after ``after`` saves."""
-
-    def __init__(self, path, every_steps, after):
-        super().__init__(path, every_steps)
-        self.after, self.saves = after, 0
-
-    def save(self, payload):
-        super().save(payload)
-        self.saves += 1
-        if self.saves == self.after:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
