@@ -1,6 +1,6 @@
 """Complexity measures of Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic
 generalization measures and where to find them", ICLR 2020 (Appendix C), for a stacked
-family of MLPs or deep linear nets.
+family of MLPs, deep linear nets or CNNs.
 
 Notation of the paper: A_i (here ``weights[i]``, ``[F, out, in]``) the weight matrices,
 A_i^0 those at initialization, w the vector of every parameter (weights and biases),
@@ -23,6 +23,30 @@ Choices the paper leaves open, made once here:
   family dimension, and shared by every member (common random numbers): a family's
   numbers equal its members' numbers computed alone, up to rounding.
 
+The forward pass is chosen by ``net`` (``Net``): ``True`` / ``False`` for an MLP / a deep
+linear net (``models.Params``, ``models.forward``), a ``cnn.ConvArch`` for a CNN
+(``cnn.ConvParams``, ``cnn.forward`` on the flat inputs viewed as its images). A CNN's
+"matrices" A_i are its conv layers, then the head, and Jiang et al.'s definitions read:
+
+* ``||A_i||_F`` is the kernel tensor's norm (the reshaped kernel's, as in Dziugaite et
+  al.'s reference code; the head is a plain matrix);
+* ``||A_i||_sigma`` is the operator norm of the convolution on the n x n map the layer
+  convolves, with CIRCULAR padding (``conv_spectral.conv_spectral_norm``: Sedghi, Gupta &
+  Long 2019, exact, as the reference code's "_FFT" measures), not the net's zero padding,
+  whose norm is not computed exactly: the circular norm is not a bound for it (see
+  ``conv_spectral``); ``conv_spectral.zero_padding_norm_bound`` would be one, but it is
+  the circular norm on larger maps, not the operator the reference code measures, and
+  the circular operator's rows also give ``spectral_complexity``'s (2,1) norm exactly;
+* ``spectral_complexity`` takes the same circular operator as the matrix A_i: each of its
+  rows (an output channel at one position) holds that channel's whole kernel, so
+  ``||A_i^T - M_i^T||_{2,1}`` = n^2 sum_c ||K_c - M_c||_F;
+* ``path_norm`` is the net itself (max-pooling included) with every parameter squared on
+  an all-ones image, outputs summed (Jiang's eq. 44 as the reference code computes it); a
+  max over a window of non-negative maps is not a sum over paths, so with pooling it is
+  the network's value, not a path enumeration;
+* margins, PAC-Bayes, sharpness and the Hessian read the forward pass and every tensor
+  of ``params.tensors()`` (kernels, head and biases), as for an MLP.
+
 Every function takes a family (a leading ``F`` on every tensor) and returns ``[F]``
 tensors, computed for all members at once.
 """
@@ -31,20 +55,24 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
-from theoryscope.core import models
+from theoryscope.core import cnn, models, nets
 from theoryscope.core.measures.complexity_defaults import (
     HESSIAN_ITERATIONS, MAGNITUDE_EPS, PACBAYES_DRAWS, PACBAYES_STEPS, PACBAYES_TARGET, PACBAYES_TOLERANCE,
     SHARPNESS_ALPHA, SHARPNESS_STEPS, SIGMA_RANGE,
 )
 from theoryscope.core.measures.compression import margins as classification_margins
+from theoryscope.core.measures.conv_spectral import conv_spectral_norm
 from theoryscope.core.measures.cushion import weight_norms
 from theoryscope.core.train import StackedData, member_losses
 
 Tensor = torch.Tensor
+# What a family's nets are, which chooses the forward pass: True / False an MLP / a deep
+# linear net (``models.forward``), a ``cnn.ConvArch`` a CNN (``cnn.forward``).
+Net = bool | cnn.ConvArch
 
 # Largest number of elements (perturbed parameters plus activations) one batched forward
 # of perturbed nets holds; the draws are evaluated in chunks that fit. Cache-sized: on a
@@ -59,26 +87,89 @@ def _member_view(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+def forward(params: nets.Params, x: Tensor, net: Net) -> Tensor:
+    """Outputs ``[F, n, o]`` of a family on flat inputs ``x`` ``[F, n, d]``: ``models.forward``
+    (``net`` the nonlinearity flag) or, ``net`` a ``cnn.ConvArch``, ``cnn.forward`` on ``x``
+    viewed as the images it flattens, ``[F, n, C, H, W]`` (a stride-0 ``x`` stays shared)."""
+    conv = isinstance(net, cnn.ConvArch)
+    if conv != isinstance(params, cnn.ConvParams):
+        raise TypeError(f"net must be a cnn.ConvArch exactly for cnn.ConvParams (and a bool for models.Params), got "
+                        f"{type(net).__name__} for {type(params).__name__}")
+    if conv:
+        return cnn.forward(params, x.view(*x.shape[:-1], *net.in_shape), net.pool)
+    return models.forward(params, x, net)
+
+
 # ---------------------------------------------------------------------------------------
 # Norms and distances from initialization
 # ---------------------------------------------------------------------------------------
+
+def _finite_members(weights: list[Tensor]) -> Tensor:
+    """``[F]``: whether every entry of a member's tensors is finite."""
+    return torch.stack([torch.isfinite(w).flatten(1).all(dim=1) for w in weights], dim=-1).all(dim=-1)
+
 
 def layer_norms(weights: list[Tensor]) -> dict[str, Tensor]:
     """``cushion.weight_norms`` (per layer ``[F, L]``: frobenius, spectral, stable_rank),
     NaN for a member with a non-finite entry (a diverged net) instead of an eigensolver
     error for the whole family."""
-    finite = torch.stack([torch.isfinite(w).flatten(1).all(dim=1) for w in weights], dim=-1).all(dim=-1)
+    finite = _finite_members(weights)
     norms = weight_norms([torch.where(_member_view(finite, w), w, 0.0) for w in weights])
     return {name: torch.where(finite.unsqueeze(-1), value, math.nan) for name, value in norms.items()}
 
 
-def path_norm(params: models.Params) -> Tensor:
+def conv_maps(arch: cnn.ConvArch) -> list[int]:
+    """n of the n x n map each conv block of ``arch`` convolves (its input's, "same" padding)."""
+    maps = [b.map for b in arch.shapes.blocks]
+    if any(height != wide for height, wide in maps):
+        raise ValueError(f"the conv spectral norms need square maps, got {maps}")
+    return [height for height, _ in maps]
+
+
+def conv_layer_norms(weights: list[Tensor], maps: Sequence[int]) -> dict[str, Tensor]:
+    """A CNN's layers, per layer ``[F, L]``: ``frobenius`` (the kernel tensor's norm) and
+    ``spectral`` (the conv's operator norm on its n x n map with circular padding,
+    ``conv_spectral_norm``, in float64) of the kernels ``[F, C_out, C_in, k, k]``, one per
+    entry of ``maps`` (its n), then of the head ``[F, o, features]`` (``layer_norms``); NaN
+    for a member with a non-finite entry."""
+    finite = _finite_members(weights)
+    clean = [torch.where(_member_view(finite, w), w, 0.0) for w in weights]
+    kernels, head = clean[:len(maps)], clean[len(maps):]
+    fro = torch.stack([w.flatten(1).norm(dim=1) for w in kernels], dim=-1)
+    spec = torch.stack([conv_spectral_norm(w.double(), n).to(w.dtype) for w, n in zip(kernels, maps)], dim=-1)
+    tail = weight_norms(head)
+    out = {"frobenius": torch.cat([fro, tail["frobenius"]], dim=-1), "spectral": torch.cat([spec, tail["spectral"]], -1)}
+    return {name: torch.where(finite.unsqueeze(-1), value, math.nan) for name, value in out.items()}
+
+
+def _matrices(params: nets.Params) -> list[Tensor]:
+    """The A_i: an MLP's weight matrices, a CNN's conv kernels and then its head."""
+    if isinstance(params, cnn.ConvParams):
+        return [*params.convs, params.head]
+    return list(params.weights)
+
+
+def matrix_norms(weights: list[Tensor], net: Net) -> dict[str, Tensor]:
+    """Per layer ``[F, L]`` frobenius and spectral norms of the A_i (``_matrices``' order):
+    ``layer_norms`` for an MLP, ``conv_layer_norms`` for a CNN."""
+    if isinstance(net, cnn.ConvArch):
+        return conv_layer_norms(weights, conv_maps(net))
+    return layer_norms(weights)
+
+
+def path_norm(params: nets.Params, net: Net = True) -> Tensor:
     """The l2 path norm (Neyshabur et al. 2015; Jiang et al. 2020, eq. 44), ``[F]``:
     sum over every input-to-output path of the product of its squared weights, i.e. the
     net with every parameter squared applied to an all-ones input, outputs summed. A
     bias b^i_j starts a path of its own (an edge from a constant unit), so it adds
     (b^i_j)^2 times the squared weights above it. Every entry is non-negative, so the
-    ReLU is the identity on this net and the value is the same for MLPs and linear nets."""
+    ReLU is the identity on this net and the value is the same for MLPs and linear nets.
+    A CNN (``net`` its ``cnn.ConvArch``) is run as it is, max-pooling included (the max of
+    non-negative maps, not a sum over paths), on one all-ones image."""
+    if isinstance(params, cnn.ConvParams):
+        squared = nets.like(params, [t.square() for t in params.tensors()])
+        ones = params.head.new_ones(1, 1, math.prod(net.in_shape)).expand(params.head.shape[0], 1, -1)  # shared
+        return forward(squared, ones, net).sum(dim=(1, 2))
     first = params.weights[0]
     h = first.new_ones(first.shape[0], 1, first.shape[2])
     for i, w in enumerate(params.weights):
@@ -103,15 +194,30 @@ def spectral_complexity(weights: list[Tensor], reference: list[Tensor]) -> Tenso
     return spec.prod(dim=-1) * (l21 / spec).pow(2.0 / 3.0).sum(dim=-1).pow(1.5)
 
 
-def parameter_count(params: models.Params) -> Tensor:
+def conv_spectral_complexity(weights: list[Tensor], reference: list[Tensor], maps: Sequence[int]) -> Tensor:
+    """``spectral_complexity`` of a CNN, ``[F]``: each conv layer is the matrix of its
+    circular convolution on its n x n map (``maps``), whose spectral norm
+    ``conv_layer_norms`` gives and whose rows, one per output channel c and position,
+    each hold all of channel c's kernel K_c once, so ``||A^T - M^T||_{2,1}`` =
+    n^2 sum_c ||K_c - M_c||_F; the head (last) is a plain matrix. Max-pooling is
+    1-Lipschitz and, like the ReLU, adds no factor."""
+    spec = conv_layer_norms(weights, maps)["spectral"]
+    l21 = [n * n * (w - m.to(w)).flatten(2).norm(dim=-1).sum(dim=-1)
+           for w, m, n in zip(weights, reference, maps)]
+    l21 += [(w - m.to(w)).norm(dim=-1).sum(dim=-1) for w, m in zip(weights[len(maps):], reference[len(maps):])]
+    l21 = torch.stack(l21, dim=-1)
+    return spec.prod(dim=-1) * (l21 / spec).pow(2.0 / 3.0).sum(dim=-1).pow(1.5)
+
+
+def parameter_count(params: nets.Params) -> Tensor:
     """omega, every trainable parameter (weights and biases) of one member, as ``[F]``
     float64 (exact up to 2^53) on the parameters' device."""
-    count = sum(t[0].numel() for t in params.tensors())
-    first = params.weights[0]
-    return torch.full((first.shape[0],), float(count), dtype=torch.float64, device=first.device)
+    tensors = params.tensors()
+    count = sum(t[0].numel() for t in tensors)
+    return torch.full((tensors[0].shape[0],), float(count), dtype=torch.float64, device=tensors[0].device)
 
 
-def norm_measures(params: models.Params, init: models.Params, nonlinear: bool = True) -> dict[str, Tensor]:
+def norm_measures(params: nets.Params, init: nets.Params, net: Net = True) -> dict[str, Tensor]:
     """Jiang et al. 2020, Appendix C, each ``[F]``:
 
     * ``log_prod_spec`` = sum_i log ||A_i||_sigma^2 (eq. 32),
@@ -124,18 +230,24 @@ def norm_measures(params: models.Params, init: models.Params, nonlinear: bool = 
     * ``params`` = omega (eq. 20).
 
     ``init`` holds the nets at initialization (the caller rebuilds it from the runs'
-    seeds). ``nonlinear`` is accepted for a uniform signature: none of these depends on
-    it (ReLU and identity are both 1-Lipschitz and positively homogeneous)."""
-    norms = layer_norms(params.weights)
+    seeds). For an MLP none of these depends on ``net`` (ReLU and identity are both
+    1-Lipschitz and positively homogeneous); a CNN's ``cnn.ConvArch`` gives its map sizes
+    and pooling (the CNN forms: the module's docstring)."""
+    weights, start = _matrices(params), _matrices(init)
+    norms = matrix_norms(weights, net)
     fro2, spec2 = norms["frobenius"].square(), norms["spectral"].square()
-    gaps = layer_norms([w - w0.to(w) for w, w0 in zip(params.weights, init.weights)])
+    gaps = matrix_norms([w - w0.to(w) for w, w0 in zip(weights, start)], net)
+    if isinstance(net, cnn.ConvArch):
+        complexity = conv_spectral_complexity(weights, start, conv_maps(net))
+    else:
+        complexity = spectral_complexity(weights, start)
     return {
         "log_prod_spec": spec2.log().sum(dim=-1),
         "log_prod_fro": fro2.log().sum(dim=-1),
         "sum_fro_over_spec": (fro2 / spec2).sum(dim=-1),
         "param_norm": fro2.sum(dim=-1),
-        "path_norm": path_norm(params),
-        "spectral_complexity": spectral_complexity(params.weights, init.weights),
+        "path_norm": path_norm(params, net),
+        "spectral_complexity": complexity,
         "dist_fro": gaps["frobenius"].square().sum(dim=-1),
         "dist_spec": gaps["spectral"].square().sum(dim=-1),
         "params": parameter_count(params),
@@ -156,7 +268,7 @@ def quantile_of(values: Tensor, q: float) -> Tensor:
     return ordered[..., below] + (position - below) * (ordered[..., above] - ordered[..., below])
 
 
-def margin_measures(params: models.Params, x_train: Tensor, y_train: Tensor, nonlinear: bool,
+def margin_measures(params: nets.Params, x_train: Tensor, y_train: Tensor, net: Net,
                     percentile: float = 10.0, norms: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Margin-based measures of Jiang et al. 2020 (Appendix C), classification only,
     each ``[F]``: ``margin`` gamma, the ``percentile``-th percentile (10th in the paper)
@@ -174,11 +286,11 @@ def margin_measures(params: models.Params, x_train: Tensor, y_train: Tensor, non
     if y_train.is_floating_point():
         raise ValueError("margin measures need class labels (classification); got floating-point targets")
     if norms is None:
-        per_layer = layer_norms(params.weights)
+        per_layer = matrix_norms(_matrices(params), net)
         norms = {"log_prod_spec": per_layer["spectral"].square().log().sum(-1),
-                 "log_prod_fro": per_layer["frobenius"].square().log().sum(-1), "path_norm": path_norm(params)}
+                 "log_prod_fro": per_layer["frobenius"].square().log().sum(-1), "path_norm": path_norm(params, net)}
     with torch.no_grad():
-        gamma = quantile_of(classification_margins(models.forward(params, x_train, nonlinear), y_train), percentile)
+        gamma = quantile_of(classification_margins(forward(params, x_train, net), y_train), percentile)
     positive = gamma > 0
     log_gamma2 = torch.where(positive, 2 * gamma.clamp_min(torch.finfo(gamma.dtype).tiny).log(), math.nan)
     inverse = torch.where(positive, 1 / gamma.square(), math.nan)
@@ -194,11 +306,6 @@ def margin_measures(params: models.Params, x_train: Tensor, y_train: Tensor, non
 # ---------------------------------------------------------------------------------------
 # Perturbed nets (shared by the flatness measures)
 # ---------------------------------------------------------------------------------------
-
-def _rebuild(params: models.Params, tensors: list[Tensor]) -> models.Params:
-    depth = len(params.weights)
-    return models.Params(list(tensors[:depth]), list(tensors[depth:]) or None)
-
 
 def _member_dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     """Per member, the inner product of two parameter lists (``[F, ...]`` each), ``[F]``."""
@@ -217,17 +324,25 @@ def _shared_draws(tensors: list[Tensor], draws: int, generator: torch.Generator,
     return out
 
 
-def _training_objective(params: models.Params, data: StackedData, nonlinear: bool, error: bool) -> Tensor:
+def _training_objective(params: nets.Params, data: StackedData, net: Net, error: bool) -> Tensor:
     """Per member ``[F]``: the training 0-1 error (``error`` and classification) or loss,
     as ``train.member_losses`` defines them."""
-    out = models.forward(params, data.x_train, nonlinear)
+    out = forward(params, data.x_train, net)
     if error and data.classification:
         # member_losses' 0-1 error alone: its cross-entropy would double the cost here.
         return (out.argmax(-1) != data.y_train).to(out.dtype).mean(1)
     return member_losses(out, data.y_train, data.classification)[0]
 
 
-def _perturbed_mean(params: models.Params, data: StackedData, nonlinear: bool, noise: list[Tensor],
+def _activation_units(params: nets.Params, d_in: int) -> int:
+    """Numbers per sample in a member's widest layer output: a CNN's widest conv over its
+    first (largest) map, ``d_in / C_in`` pixels."""
+    if isinstance(params, cnn.ConvParams):
+        return d_in // params.convs[0].shape[2] * max(w.shape[1] for w in params.convs)
+    return max(w.shape[1] for w in params.weights)
+
+
+def _perturbed_mean(params: nets.Params, data: StackedData, net: Net, noise: list[Tensor],
                     scale: Callable[[Tensor], Tensor]) -> Tensor:
     """Per member ``[F]``: the training error (loss for regression) of w + u averaged over
     the draws, u = scale(t) * z for each parameter tensor t and shared draw z. The draws
@@ -235,7 +350,7 @@ def _perturbed_mean(params: models.Params, data: StackedData, nonlinear: bool, n
     ``PERTURBED_BUDGET``."""
     tensors = params.tensors()
     f, n, d_in = data.x_train.shape
-    per_draw = f * (sum(t[0].numel() for t in tensors) + n * (d_in + max(w.shape[1] for w in params.weights)))
+    per_draw = f * (sum(t[0].numel() for t in tensors) + n * (d_in + _activation_units(params, d_in)))
     chunk = max(1, PERTURBED_BUDGET // per_draw)
     draws = noise[0].shape[0]
     total = data.x_train.new_zeros(f)
@@ -246,7 +361,7 @@ def _perturbed_mean(params: models.Params, data: StackedData, nonlinear: bool, n
         x = data.x_train.unsqueeze(0).expand(c, *data.x_train.shape).flatten(0, 1)
         y = data.y_train.unsqueeze(0).expand(c, *data.y_train.shape).flatten(0, 1)
         stacked = StackedData(x, y, x, y, data.classification)
-        total += _training_objective(_rebuild(params, moved), stacked, nonlinear, error=True).view(c, f).sum(0)
+        total += _training_objective(nets.like(params, moved), stacked, net, error=True).view(c, f).sum(0)
     return total / draws
 
 
@@ -262,14 +377,14 @@ def _noise_scale(sigma: Tensor, magnitude_eps: float | None) -> Callable[[Tensor
     return lambda t: (_member_view(sigma, t).square() * t.square() + magnitude_eps**2).sqrt()
 
 
-def _members(params: models.Params, data: StackedData, index: Tensor) -> tuple[models.Params, StackedData]:
+def _members(params: nets.Params, data: StackedData, index: Tensor) -> tuple[nets.Params, StackedData]:
     """The members ``index`` of a family: their parameters and training data."""
     picked = [t.index_select(0, index) for t in params.tensors()]
     x, y = data.x_train.index_select(0, index), data.y_train.index_select(0, index)
-    return _rebuild(params, picked), StackedData(x, y, x, y, data.classification)
+    return nets.like(params, picked), StackedData(x, y, x, y, data.classification)
 
 
-def _sigma_search(params: models.Params, data: StackedData, nonlinear: bool, noise: list[Tensor],
+def _sigma_search(params: nets.Params, data: StackedData, net: Net, noise: list[Tensor],
                   baseline: Tensor, target: float, tolerance: float, steps: int, sigma_range: tuple[float, float],
                   magnitude_eps: float | None) -> Tensor:
     """Bisection on log(sigma), every member in its own interval at once: the largest
@@ -290,7 +405,7 @@ def _sigma_search(params: models.Params, data: StackedData, nonlinear: bool, noi
             break
         mid = (lo[index] + hi[index]) / 2
         scale = _noise_scale(mid.exp(), magnitude_eps)
-        deviation = (_perturbed_mean(members, member_data, nonlinear, noise, scale) - baseline[index]).abs()
+        deviation = (_perturbed_mean(members, member_data, net, noise, scale) - baseline[index]).abs()
         within, close = deviation <= target, (deviation - target).abs() < tolerance
         lo[index] = torch.where(within | close, mid, lo[index])
         hi[index] = torch.where(within | close, hi[index], mid)
@@ -301,7 +416,7 @@ def _sigma_search(params: models.Params, data: StackedData, nonlinear: bool, noi
     return torch.where(torch.isfinite(baseline), lo.exp(), math.nan)
 
 
-def pacbayes(params: models.Params, init: models.Params, data: StackedData, nonlinear: bool, *,
+def pacbayes(params: nets.Params, init: nets.Params, data: StackedData, net: Net, *,
              generator: torch.Generator, target: float = PACBAYES_TARGET, tolerance: float = PACBAYES_TOLERANCE,
              draws: int = PACBAYES_DRAWS, bisection_steps: int = PACBAYES_STEPS, magnitude_eps: float = MAGNITUDE_EPS,
              sigma_range: tuple[float, float] = SIGMA_RANGE) -> dict[str, Tensor]:
@@ -331,9 +446,9 @@ def pacbayes(params: models.Params, init: models.Params, data: StackedData, nonl
     every member; w runs over weights and biases."""
     tensors, origin = params.tensors(), init.tensors()
     with torch.no_grad():
-        baseline = _training_objective(params, data, nonlinear, error=True)
+        baseline = _training_objective(params, data, net, error=True)
         noise = _shared_draws(tensors, draws, generator)
-        search = functools.partial(_sigma_search, params, data, nonlinear, noise, baseline, target, tolerance,
+        search = functools.partial(_sigma_search, params, data, net, noise, baseline, target, tolerance,
                                    bisection_steps, sigma_range)
         sigma, mag_sigma = search(None), search(magnitude_eps)
         m = data.x_train.shape[1]
@@ -358,7 +473,7 @@ def pacbayes(params: models.Params, init: models.Params, data: StackedData, nonl
 # Sharpness and curvature
 # ---------------------------------------------------------------------------------------
 
-def sharpness(params: models.Params, data: StackedData, nonlinear: bool, *, generator: torch.Generator,
+def sharpness(params: nets.Params, data: StackedData, net: Net, *, generator: torch.Generator,
               alpha: float = SHARPNESS_ALPHA, eps: float = MAGNITUDE_EPS, steps: int = SHARPNESS_STEPS) -> Tensor:
     """Sharpness in the sense of Keskar et al. 2017 ("On large-batch training for deep
     learning", Section 2.2), over Jiang et al. 2020's magnitude-aware box
@@ -381,7 +496,7 @@ def sharpness(params: models.Params, data: StackedData, nonlinear: bool, *, gene
 
     def loss_at(shift: list[Tensor]) -> Tensor:
         moved = [t + s for t, s in zip(tensors, shift)]
-        return _training_objective(_rebuild(params, moved), data, nonlinear, error=False)
+        return _training_objective(nets.like(params, moved), data, net, error=False)
 
     with torch.no_grad():
         base = loss_at([torch.zeros_like(t) for t in tensors])
@@ -404,7 +519,7 @@ def _normalized(v: list[Tensor]) -> list[Tensor]:
     return [t / _member_view(norm, t) for t in v]
 
 
-def hessian_top(params: models.Params, data: StackedData, nonlinear: bool, *, generator: torch.Generator,
+def hessian_top(params: nets.Params, data: StackedData, net: Net, *, generator: torch.Generator,
                 iterations: int = HESSIAN_ITERATIONS) -> Tensor:
     """The largest eigenvalue of the Hessian of the training loss (the reported loss: MSE,
     or cross-entropy) with respect to every parameter, ``[F]``: the curvature that
@@ -419,7 +534,7 @@ def hessian_top(params: models.Params, data: StackedData, nonlinear: bool, *, ge
     repeats it). A member whose Krylov space is exhausted (the recurrence's next vector
     vanishes) keeps the Ritz values it has."""
     tensors = [t.detach().requires_grad_(True) for t in params.tensors()]
-    loss = _training_objective(_rebuild(params, tensors), data, nonlinear, error=False).sum()
+    loss = _training_objective(nets.like(params, tensors), data, net, error=False).sum()
     grads = torch.autograd.grad(loss, tensors, create_graph=True)
 
     def product(v: list[Tensor]) -> list[Tensor]:

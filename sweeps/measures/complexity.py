@@ -2,7 +2,8 @@
 Krishnan & Bengio, "Fantastic generalization measures and where to find them" (ICLR
 2020, Appendix C), and the tables that rank them.
 
-For every member of a family, after training and at the ``at`` steps: norms and
+For every member of a family (MLPs, deep linear nets or CNNs; the CNN forms of the
+measures: ``core.measures.complexity``), after training and at the ``at`` steps: norms and
 distances from the initialization (the init rebuilt from the run's seed,
 ``sweeps.weights.init``), margin-based measures (classification), PAC-Bayes flatness,
 sharpness and the Hessian's top eigenvalue, all computed stacked over the family by
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from theoryscope.core.config import RunSpec, is_finite, require
+from theoryscope.core.config import ModelKind, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
 from theoryscope.core.measures import complexity_defaults as jiang_defaults
 from theoryscope.sweeps.figures import Figure
@@ -44,7 +45,8 @@ from theoryscope.sweeps.measures.base import Grid, Measure
 if TYPE_CHECKING:
     import torch
 
-    from theoryscope.core import models
+    from theoryscope.core import nets
+    from theoryscope.core.measures.complexity import Net
     from theoryscope.core.train import FamilyResult, StackedData
 
 # The measures, by what computes them (Jiang et al. 2020, Appendix C; README, "Which
@@ -215,36 +217,49 @@ def snapshot_steps(opts: ComplexitySpec, run: RunSpec) -> set[int]:
     return {s for s in opts.at if s <= run.train.steps} | {run.train.steps}
 
 
-def stacked_init(runs: Sequence[RunSpec], like: models.Params) -> models.Params:
-    """Every member's init, rebuilt from its seed, in ``like``'s dtype and device."""
+def stacked_init(runs: Sequence[RunSpec], like: nets.Params) -> nets.Params:
+    """Every member's init (an MLP's or a CNN's), rebuilt from its seed, in ``like``'s
+    dtype and device."""
     from theoryscope.sweeps.weights import family_init  # sweeps.weights reads the measure registry
 
-    return family_init(runs, like.weights[0].dtype, like.weights[0].device)
+    first = like.tensors()[0]
+    return family_init(runs, first.dtype, first.device)
 
 
-def measure_step(opts: ComplexitySpec, names: Sequence[str], params: models.Params, init: models.Params,
-                 data: StackedData, nonlinear: bool, step: int) -> dict[str, torch.Tensor]:
+def net_of(run: RunSpec) -> Net:
+    """What ``core.measures.complexity`` needs to know of a run's nets (``Net``): its
+    ``cnn.ConvArch`` for a CNN, else whether it is nonlinear."""
+    from theoryscope.core import models, nets
+
+    if run.model.kind is ModelKind.CNN:
+        return nets.conv_arch(run.model, run.data)
+    return models.is_nonlinear(run.model.kind)
+
+
+def measure_step(opts: ComplexitySpec, names: Sequence[str], params: nets.Params, init: nets.Params,
+                 data: StackedData, net: Net, step: int) -> dict[str, torch.Tensor]:
     """The measures ``names`` of one family at one step, each ``[F]``: only the groups
-    asked for are computed, each from its own seeded stream of shared draws."""
+    asked for are computed, each from its own seeded stream of shared draws.
+    ``net``: the family's ``Net`` (``net_of``), a bool for MLPs and linear nets."""
     from theoryscope.core.measures import complexity as jiang
     from theoryscope.core.seeding import generator
 
     wanted, out = set(names), {}
     p = opts.perturbation
     if wanted & {*NORMS, *MARGINS}:
-        out |= jiang.norm_measures(params, init, nonlinear)
+        out |= jiang.norm_measures(params, init, net)
     if wanted & set(MARGINS):
-        out |= jiang.margin_measures(params, data.x_train, data.y_train, nonlinear, opts.margin_percentile, out)
+        out |= jiang.margin_measures(params, data.x_train, data.y_train, net, opts.margin_percentile, out)
     if wanted & set(PACBAYES):
-        out |= jiang.pacbayes(params, init, data, nonlinear, generator=generator(p.seed, "pacbayes"),
+        out |= jiang.pacbayes(params, init, data, net, generator=generator(p.seed, "pacbayes"),
                               target=p.target, tolerance=p.tolerance, draws=p.draws,
                               bisection_steps=p.bisection_steps, magnitude_eps=p.magnitude_eps,
                               sigma_range=tuple(p.sigma_range))
     if "sharpness" in wanted:
-        out["sharpness"] = jiang.sharpness(params, data, nonlinear, generator=generator(p.seed, "sharpness"),
+        out["sharpness"] = jiang.sharpness(params, data, net, generator=generator(p.seed, "sharpness"),
                                            alpha=p.sharpness_alpha, eps=p.magnitude_eps, steps=p.sharpness_steps)
     if "hessian_top" in wanted:
-        out["hessian_top"] = jiang.hessian_top(params, data, nonlinear, generator=generator(p.seed, "hessian"),
+        out["hessian_top"] = jiang.hessian_top(params, data, net, generator=generator(p.seed, "hessian"),
                                                iterations=p.hessian_iterations)
     return {name: out[name] for name in names}
 
@@ -253,16 +268,14 @@ def complexity_table(opts: ComplexitySpec, sweep: str, runs: Sequence[RunSpec],
                      result: FamilyResult) -> dict[str, pa.Table]:
     """The ``complexity`` rows of every member, measure and measured step: run-major,
     then step, then measure in ``MEASURE_NAMES`` order."""
-    from theoryscope.core import models
-
     data = result.data
     names = opts.selected(data.classification)
-    nonlinear = models.is_nonlinear(runs[0].model.kind)
+    net = net_of(runs[0])
     steps = sorted(snapshot_steps(opts, runs[0]) & set(result.snapshots))
     init = stacked_init(runs, result.snapshots[steps[-1]])
     values = np.empty((len(runs), len(steps), len(names)))
     for k, step in enumerate(steps):
-        measured = measure_step(opts, names, result.snapshots[step], init, data, nonlinear, step)
+        measured = measure_step(opts, names, result.snapshots[step], init, data, net, step)
         values[:, k, :] = np.stack([measured[n].detach().double().cpu().numpy() for n in names], axis=-1)
     n = values.size
     flat = values.reshape(-1)
@@ -358,6 +371,7 @@ MEASURE = Measure(
     # Views are made in registry order: cushions' `bounds` comes before this one.
     enriched={"complexity": WITH_COMPRESSION},
     per_sweep=PER_SWEEP,
+    models=frozenset({ModelKind.MLP, ModelKind.LINEAR, ModelKind.CNN}),
     figures=(
         Figure("rankings-tau", "Which measure ranks the nets: Kendall τ per swept axis",
                "SELECT a.target, a.measure, a.axis, a.tau, r.granulated_psi, r.kendall_tau FROM rankings_axes a "
