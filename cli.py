@@ -1,4 +1,9 @@
-"""The ``theoryscope`` command: parse, call the library, print."""
+"""The ``theoryscope`` command: parse, call the library, print.
+
+Each command imports what it calls when it runs, so that ``--help`` and ``--version``
+start without DuckDB, Arrow, torch or Ray, and the reading commands without torch
+(``tests/test_cli.py``; ``python -m bench.startup`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -19,23 +24,14 @@ from typer.core import TyperCommand, TyperGroup
 
 from theoryscope.core.config import Choice
 from theoryscope.core.errors import DoesNotFit, TheoryscopeError
-from theoryscope.storage.export import to_csv, to_json, write_text_atomic
-from theoryscope.storage.location import results_root, root_text
-from theoryscope.storage.parquet import write_atomic
-from theoryscope.storage.query import DEFAULT_TIMEOUT
-from theoryscope.sweeps.analyze import analyze as rank_measures
-from theoryscope.sweeps.capacity import local_capacity
-from theoryscope.sweeps.dispatch import BackendName, sigint_ignored
-from theoryscope.sweeps.display import (
-    as_text, counted, plan_view, query_view, ranked_view, status_view, summary_view,
-)
-from theoryscope.sweeps.execute import FamilyOutcome
-from theoryscope.sweeps.launch import LaunchEvents, LaunchSummary, resume_sweep, run_sweep
-from theoryscope.sweeps.load import check_name, load_spec
-from theoryscope.sweeps.plan import Plan, pack_plan, plan_sweep, planned_runs
-from theoryscope.sweeps.progress import PlanningProgress, SweepProgress
-from theoryscope.sweeps.status import sweep_status
-from theoryscope.sweeps.tables import TABLES, VIEWS, debris, describe_views, run_query
+from theoryscope.storage.limits import DEFAULT_TIMEOUT
+from theoryscope.sweeps.events import BackendName, LaunchEvents
+
+if TYPE_CHECKING:
+    from theoryscope.sweeps.execute import FamilyOutcome
+    from theoryscope.sweeps.launch import LaunchSummary
+    from theoryscope.sweeps.plan import Plan
+    from theoryscope.sweeps.progress import SweepProgress
 
 
 
@@ -69,6 +65,11 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_INTERRUPTED = 130
+# The views `query` reads, for its --help (sweeps.tables builds them; a test keeps the two
+# lists equal, so --help need not load what builds them).
+VIEW_NAMES = ("sweeps", "runs", "curves", "weights", "layers", "bounds", "attenuation", "valleys", "complexity",
+              "rankings", "rankings_axes", "rankings_environments", "invertibility", "acceleration", "modes",
+              "overtraining")
 TEXT_WIDTH = 200  # columns of a table written to a file
 
 
@@ -157,6 +158,8 @@ def interrupted_before_running() -> Iterator[None]:
 
 
 def report_debris(results: str) -> None:
+    from theoryscope.sweeps.tables import debris
+
     found = debris(results)
     if found.damaged or found.leftovers:
         warn(f"ignoring {len(found.damaged)} damaged and {len(found.leftovers)} temporary files in {results} "
@@ -167,6 +170,12 @@ def report_debris(results: str) -> None:
 def plan(spec: SpecPath) -> None:
     """Dry run: the runs, families (packed for this machine) and resources a spec would use.
     Runs nothing."""
+    from theoryscope.sweeps.capacity import local_capacity
+    from theoryscope.sweeps.display import plan_view
+    from theoryscope.sweeps.load import load_spec
+    from theoryscope.sweeps.plan import pack_plan, planned_runs
+    from theoryscope.sweeps.progress import PlanningProgress
+
     with user_errors():
         sweep_spec = load_spec(spec)
         with PlanningProgress(err) as planning:
@@ -199,6 +208,9 @@ def launch(
     Runs already in the results are not run again, so launching the same spec again
     resumes it."""
     with user_errors(), interrupted_before_running():
+        from theoryscope.sweeps.launch import run_sweep
+        from theoryscope.sweeps.load import check_name, load_spec
+
         sweep_spec = load_spec(spec)
         if name is not None:
             check_name(name, "--name")
@@ -223,6 +235,9 @@ def resume(
 
     Runs every planned run that is not in the results yet (and the failed ones with
     --retry-failed)."""
+    with interrupted_before_running():
+        from theoryscope.sweeps.launch import resume_sweep
+
     events = TerminalEvents(Mode.of(quiet, as_json), name, backend)
     in_terminal(lambda: resume_sweep(name, results, backend=backend, address=address, retry_failed=retry_failed,
                                      events=events, exits_on_interrupt=True), events, results, address, backend)
@@ -251,6 +266,8 @@ class TerminalEvents(LaunchEvents):
 
     def __init__(self, mode: Mode, requested: str, backend: BackendName):
         self.mode, self.requested, self.backend = mode, requested, backend
+        from theoryscope.sweeps.progress import PlanningProgress
+
         self.silent = mode is not Mode.NORMAL
         self.planning_bar = PlanningProgress(err, not self.silent)
         self.bar: SweepProgress | None = None
@@ -260,6 +277,9 @@ class TerminalEvents(LaunchEvents):
         self.planning_bar.advance(done, total)
 
     def running(self, plan: Plan) -> None:
+        from theoryscope.sweeps.display import counted
+        from theoryscope.sweeps.progress import SweepProgress
+
         self.planning_bar.stop()
         self.plan = plan
         if plan.sweep != self.requested:
@@ -292,6 +312,8 @@ def in_terminal(run: Callable[[], LaunchSummary], events: TerminalEvents, result
     """Run a sweep with its progress on the terminal, then print the summary; Ctrl-C stops
     it resumably. Once the families are done, nothing can be interrupted any more: Ctrl-C
     is ignored while the summary prints."""
+    from theoryscope.sweeps.dispatch import sigint_ignored
+
     with user_errors(), ctrl_c_stops_the_sweep():
         try:
             summary = run()
@@ -323,6 +345,8 @@ def interrupted(plan: Plan | None, results: str, address: str | None, backend: B
 
 def report_summary(summary: LaunchSummary, sweep: str, results: str, address: str | None,
                    backend: BackendName, mode: Mode) -> None:
+    from theoryscope.sweeps.display import summary_view
+
     if summary.removed:
         warn(f"removed {len(summary.removed)} damaged or leftover files of earlier interruptions: "
              + ", ".join(map(str, summary.removed[:5])))
@@ -341,6 +365,8 @@ def report_summary(summary: LaunchSummary, sweep: str, results: str, address: st
 
 
 def summary_json(summary: LaunchSummary) -> dict:
+    from theoryscope.storage.location import root_text
+
     return {"sweep": summary.sweep, "results": root_text(summary.results), "planned": summary.planned,
             "already_done": summary.already_done, "families": summary.families,
             "ran": summary.total("n_runs"), "ok": summary.total("n_ok"), "diverged": summary.total("n_diverged"),
@@ -348,6 +374,8 @@ def summary_json(summary: LaunchSummary) -> dict:
 
 
 def resume_command(sweep: str, results: str, address: str | None, backend: BackendName) -> str:
+    from theoryscope.storage.location import results_root, root_text
+
     words = ["theoryscope", "resume", sweep, "--results", root_text(results_root(results))]
     if address:
         words += ["--address", address]
@@ -370,6 +398,8 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 if it failed.")] = False,
 ) -> None:
     """Submit a sweep as a Ray Job: the driver runs on the cluster, the laptop may disconnect."""
+    from theoryscope.sweeps.load import check_name, load_spec
+    from theoryscope.sweeps.plan import plan_sweep
     from theoryscope.sweeps.submit import submit_sweep, wait_for
 
     with user_errors():
@@ -399,6 +429,9 @@ def status(
     """Per sweep: planned, done, ok, diverged, failed and remaining runs.
 
     Also when each sweep last progressed, and the command that finishes it."""
+    from theoryscope.sweeps.display import status_view
+    from theoryscope.sweeps.status import sweep_status
+
     with user_errors():
         statuses = sweep_status(results, name)
     if as_json:
@@ -419,7 +452,7 @@ def status(
 @app.command(cls=Command, epilog="Examples: theoryscope query \"SELECT depth, avg(test_loss) FROM runs GROUP BY depth\"  ·  "
                      "theoryscope query \"SELECT * FROM curves\" --format parquet --out curves.parquet")
 def query(
-    sql: Annotated[str, typer.Argument(help=f"SQL over the views {', '.join([*TABLES, *VIEWS.derived])} "
+    sql: Annotated[str, typer.Argument(help=f"SQL over the views {', '.join(VIEW_NAMES)} "
                                             "(theoryscope tables lists their columns).", show_default=False)],
     results: Results = "results",
     fmt: Annotated[Format, typer.Option("--format", help="Output format (parquet needs --out).")] = Format.TABLE,
@@ -430,6 +463,11 @@ def query(
     """Run one read-only SQL statement (DuckDB) over the results.
 
     Files outside the results directory, extensions and settings are out of its reach."""
+    from theoryscope.storage.export import to_csv, to_json, write_text_atomic
+    from theoryscope.storage.parquet import write_atomic
+    from theoryscope.sweeps.display import as_text, query_view
+    from theoryscope.sweeps.tables import run_query
+
     with user_errors():
         if fmt is Format.PARQUET and out_file is None:
             raise TheoryscopeError("--format parquet needs --out FILE")
@@ -461,6 +499,7 @@ def report(
         "--out", help="Folder for index.html and the figures (default: reports/NAME).")] = None,
 ) -> None:
     """Draw the sweep's canonical figures into one HTML page with PNGs."""
+    from theoryscope.sweeps.display import counted
     from theoryscope.sweeps.report import build_report  # matplotlib loads only for reports
 
     with user_errors():
@@ -484,6 +523,9 @@ def analyze(
 
     Kendall's tau, the granulated Psi and the conditional mutual information of Jiang et
     al. (2020), and Dziugaite et al.'s (2020) sign errors, into the rankings tables."""
+    from theoryscope.sweeps.analyze import analyze as rank_measures
+    from theoryscope.sweeps.display import ranked_view
+
     with user_errors():
         chosen = [m.strip() for m in measures.split(",") if m.strip()] if measures is not None else None
         done = rank_measures(results, name, target, chosen, include_unfit)
@@ -498,6 +540,8 @@ def analyze(
 def tables(results: Results = "results") -> None:
     """The views you can query and their columns."""
     from rich.table import Table
+
+    from theoryscope.sweeps.tables import describe_views
 
     with user_errors():
         views = describe_views(results)

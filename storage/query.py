@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from theoryscope.core.errors import QueryError, first_line
+from theoryscope.storage.limits import DEFAULT_TIMEOUT, MEMORY_LIMIT, THREADS
 from theoryscope.storage.location import ResultsLike, StorePath, existing_root, results_root
 from theoryscope.storage.parquet import Scan, scan
 
@@ -127,9 +128,6 @@ def connect(results: ResultsLike, views: Views) -> Iterator[duckdb.DuckDBPyConne
 
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-DEFAULT_TIMEOUT = 300.0
-MEMORY_LIMIT = "4GB"
-THREADS = 2
 
 
 def check_read_only(sql: str) -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from theoryscope.core.config import Choice
 from theoryscope.core.errors import TheoryscopeError
 from theoryscope.sweeps.capacity import FALLBACK_GPU_BYTES, capacity_for, local_gpu_bytes, local_node
+from theoryscope.sweeps.events import BackendName
 from theoryscope.sweeps.execute import (
     FamilyJob, FamilyOutcome, execute_family, execute_in_worker, record_failure, warm_worker,
 )
@@ -32,11 +32,6 @@ from theoryscope.sweeps.plan import Capacity
 from theoryscope.sweeps.spec import ResourceSpec
 
 OnDone = Callable[[FamilyOutcome], None]
-
-
-class BackendName(Choice):
-    RAY = "ray"
-    LOCAL = "local"
 
 
 class Backend(Protocol):

@@ -31,7 +31,8 @@ from theoryscope.storage.location import (
 )
 from theoryscope.storage.parquet import Scan, clean, scan
 from theoryscope.sweeps.catalog import find_sweep, record_sweep, recorded_sweep, same_experiment
-from theoryscope.sweeps.dispatch import Backend, BackendName, make_backend
+from theoryscope.sweeps.dispatch import Backend, make_backend
+from theoryscope.sweeps.events import BackendName, LaunchEvents
 from theoryscope.sweeps.execute import FamilyJob, FamilyOutcome, published_families
 from theoryscope.sweeps.load import load_spec
 from theoryscope.sweeps.plan import Capacity, OnPlanned, Plan, estimate_cost, fit_plan, pack_plan, planned_runs
@@ -188,21 +189,6 @@ def _catch_up(results: ResultsLike, plan: Plan) -> Plan:
     if not finished:
         return plan
     return pack_plan(plan.spec, plan.sweep, plan.runs, plan.done | finished, plan.capacity)
-
-
-class LaunchEvents:
-    """What ``run_sweep`` tells its caller as it goes; here every event is ignored (the
-    CLI's subclass draws progress bars from them)."""
-
-    def planning(self, done: int, total: int) -> None:
-        """Grid points expanded so far, of ``total``."""
-
-    def running(self, plan: Plan) -> None:
-        """The plan, packed for the backend, just before the sweep's lease is taken and
-        its first family runs; until now nothing was written."""
-
-    def done(self, outcome: FamilyOutcome) -> None:
-        """A family finished; its rows are on disk."""
 
 
 def run_sweep(spec: SweepSpec | str | Path, results: ResultsLike = "results", *, name: str | None = None,
