@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from theoryscope.sweeps.progress import SweepProgress
 
 
-
 def untyped_flags(params: list) -> list:
     """Flags take no value: --help shows no ``<bool>`` type beside them."""
     for param in params:
