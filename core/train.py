@@ -180,16 +180,15 @@ class FamilyTraining:
     def __init__(self, runs: Sequence[RunSpec], device: torch.device, snapshot_steps: Sequence[int] = ()):
         first = runs[0]
         self.runs, self.device = list(runs), device
-        self.spec_train, spec_data, spec_model = first.train, first.data, first.model
+        self.spec_train, self.spec_data, self.model = first.train, first.data, first.model
         self.dtype = DTYPES[self.spec_train.dtype]
         self.data = stack_data(runs, self.dtype, device)
-        self.model, self.spec_data = spec_model, spec_data
         self.params = nets.init_family(runs, self.dtype, device)
         self.tensors = self.params.tensors()
         self.optimizer = StackedOptimizer(self.spec_train.optimizer, member_hyper(runs, self.dtype, device), self.tensors)
         batch_size = self.spec_train.batch_size
-        self.full_batch = batch_size == 0 or batch_size >= spec_data.n_train
-        self.batches = None if self.full_batch else BatchOrder([r.seed for r in runs], spec_data.n_train,
+        self.full_batch = batch_size == 0 or batch_size >= self.spec_data.n_train
+        self.batches = None if self.full_batch else BatchOrder([r.seed for r in runs], self.spec_data.n_train,
                                                                 batch_size, device)
         self.log_steps = self.spec_train.log_steps()
         f = len(runs)

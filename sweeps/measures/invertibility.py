@@ -133,11 +133,11 @@ def invertibility_table(opts: InvertibilitySpec, sweep: str, runs: Sequence[RunS
             traced = cnn.trace(params, images, first.model.pool)
             inputs = [images] + [block.pooled for block in traced.blocks[:-1]]
             for layer, (w, h) in enumerate(zip(params.convs, inputs), start=1):
-                numbers = layer_numbers(opts, w, h.contiguous(), first.model.pool)
+                columns = _host_columns(layer_numbers(opts, w, h.contiguous(), first.model.pool), len(runs))
                 for f, run in enumerate(runs):
                     rows.append({"sweep": sweep, "run_id": run.run_id, "step": step, "layer": layer,
                                  "filters": int(w.shape[1]), "samples": int(h.shape[1]),
-                                 **{name: _host(value, f) for name, value in numbers.items()}})
+                                 **{name: values[f] for name, values in columns.items()}})
     return {"invertibility": pa.Table.from_pylist(rows, schema=INVERTIBILITY)}
 
 
@@ -170,14 +170,15 @@ def layer_numbers(opts: InvertibilitySpec, w, x, pool: int) -> dict:
     }
 
 
-def _host(value, member: int):
-    """Member ``member``'s value of a per-member tensor, or the family's number, as a
-    plain Python number (NaN as NULL)."""
-    if hasattr(value, "shape"):
-        value = value[member].item()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
+def _host_columns(numbers: dict, members: int) -> dict[str, list]:
+    """Every statistic as one plain value per member, read from the device once per
+    statistic (a per-member tensor, or the family's number repeated); NaN as NULL,
+    infinities kept (an IHT factor with a delta >= 1)."""
+    columns = {}
+    for name, value in numbers.items():
+        values = value.tolist() if hasattr(value, "tolist") else [value] * members
+        columns[name] = [None if isinstance(v, float) and np.isnan(v) else v for v in values]
+    return columns
 
 
 def draw_invertibility(rows: Rows, swept: Sequence[str]):
