@@ -107,7 +107,7 @@ def test_a_cnn_sweep_launches_and_its_kept_weights_give_its_test_loss(write_spec
     (("width = 3", "width = 3\nkernel_size = 9"), "model.kernel_size"),
     (("width = 3", "width = 3\npool = 3"), "model.pool"),
     (("width = 3", "width = 3\nkernel_size = 4"), "model.kernel_size"),
-    (("[grid]", '[measure]\ncushions = true\n\n[grid]'), "measure.cushions"),
+    (("[grid]", '[measure]\nvalleys = true\n\n[grid]'), "measure.valleys"),
 ])
 def test_what_a_cnn_cannot_do_is_one_line_naming_the_key(write_spec, results, change, key):
     spec = write_spec(CNN_SPEC.replace(*change))
@@ -172,3 +172,52 @@ def test_a_cnn_family_continued_from_its_checkpoint_equals_an_uninterrupted_one(
     continued = train_family(runs, torch.device("cpu"), Checkpointer(path, every_steps=7))
     assert (continued.train_loss == whole.train_loss).all() and (continued.test_error == whole.test_error).all()
     assert all(torch.equal(a, b) for a, b in zip(continued.params.tensors(), whole.params.tensors()))
+
+
+CUSHIONED = CNN_SPEC.replace("[grid]", "[measure]\ncushions = { max_samples = 16, draws = 8, steps = [0], "
+                                       "compression_k = [20, 0, 60] }\n\n[grid]")
+
+
+def test_a_cnn_cushions_sweep_gives_theorem_5_1_per_layer_and_net(write_spec, results, tmp_path):
+    """Arora et al.'s Section 5 on CNNs: a row per run, step and layer (two convs and the
+    head), whose first layer's cushion at the init is what core computes on the run's own
+    init; q is Theorem 5.1's, with beta^2 k^2 beside each conv layer's term; the kernels
+    Tensor-Project compresses hold the k asked for."""
+    from theoryscope.core.measures import conv_cushion
+
+    spec = write_spec(CUSHIONED)
+    assert invoke("launch", spec, "--results", results, "--backend", "local").exit_code == 0
+    layers = run_query(results, "SELECT * FROM layers ORDER BY run_id, step, layer").to_pylist()
+    assert len(layers) == 4 * 2 * 3
+    assert [(r["kernel_size"], r["fan_in"], r["fan_out"]) for r in layers[:3]] == [(3, 9, 3), (3, 27, 3), (None, 12, 10)]
+    assert all(r["jacobian_spread"] >= 1 for r in layers) and all(r["jacobian_spread"] == 1 for r in layers[2::3])
+    first = layers[0]
+    run = weights.run_spec(results, "cnn", first["run_id"])
+    start = init_of_run(run)
+    family = type(start)([w[None] for w in start.convs], start.head[None], [b[None] for b in start.conv_biases],
+                         start.head_bias[None])
+    x = make_dataset(run.data).x_train[:16].view(1, 16, *REAL_DATA[run.data.kind].image)
+    passed = conv_cushion.forward_pass(family, x, run.model.pool)
+    assert first["layer_cushion"] == pytest.approx(conv_cushion.layer_cushion(family, passed)[0, 0].min().item())
+    assert first["interlayer_cushion"] == pytest.approx(
+        conv_cushion.interlayer_cushions(family, passed)[0, 0].min().item())
+    bounds = run_query(results, "SELECT * FROM bounds ORDER BY run_id, step").to_pylist()
+    assert len(bounds) == 4 * 2
+    for b, mine in zip(bounds, (layers[i:i + 3] for i in range(0, len(layers), 3))):
+        beta = b["jacobian_spread"]
+        assert beta == max(r["jacobian_spread"] for r in mine)
+        terms = sum(beta**2 * (r["kernel_size"] or 1) ** 2 / (r["layer_cushion"] ** 2 * r["interlayer_cushion"] ** 2)
+                    for r in mine)
+        q = b["activation_contraction"] ** 2 * 3**2 * b["max_output_norm"] ** 2 * terms / b["margin"] ** 2
+        assert b["effective_params"] == pytest.approx(q, rel=1e-9)
+        assert b["params"] == 27 + 81 + 120 and b["compressed_params"] == 20 + 81 + 60
+        assert [r["compressed"] for r in mine] == [True, False, True]
+    report = invoke("report", "cnn", "--results", results, "--out", tmp_path / "report")
+    assert report.exit_code == 0 and (tmp_path / "report" / "cushions.png").exists()
+
+
+def test_a_cnns_compression_k_counts_its_head(write_spec, results):
+    spec = write_spec(CUSHIONED.replace("[20, 0, 60]", "[20, 60]"))
+    line = one_line_error(invoke("plan", spec))
+    assert "compression_k: a list of 2 integers (one per layer) needs every net to have depth 1 (its conv layers " \
+           "and the head)" in line

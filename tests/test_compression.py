@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from theoryscope.core.measures.bound import bound_quantities, premises
+from theoryscope.core.measures.bound import Layered, bound_quantities, premises
 from theoryscope.core.measures.compression import (
     choose_helpers, compress, effective_params, expected_relative_error, given_helpers, helpers_for_error,
     layer_output_error, margins, matrix_project, projection_variance, relative_variance,
@@ -268,7 +268,7 @@ def test_the_bound_is_printed_only_where_its_premises_hold():
     rho = net_smoothness(ratios, 0.1)
     assert torch.isinf(rho).all()
     contraction = activation_contraction(w, None, x, nonlinear=False)
-    row = bound_quantities(params, per_sample, contraction, rho, data, False, 20, 10.0)
+    row = bound_quantities(Layered.dense(params, False), per_sample, contraction, rho, data, 20, 10.0)
     assert row["premise"].tolist() == [True, False] and row["premise_margin"].tolist() == [True, False]
     assert row["premise_smoothness"].all() and row["premise_cushions"].all()
     mu, mu_to = per_sample["layer_cushion"][0].amin(-1), per_sample["interlayer_cushion"][0].amin(-1)
@@ -276,7 +276,8 @@ def test_the_bound_is_printed_only_where_its_premises_hold():
     assert row["effective_params"][0] == pytest.approx(q, rel=1e-10)
     assert row["bound"][0] == row["bound_formula"][0] == pytest.approx(row["margin_loss"][0] + math.sqrt(q / 20))
     assert row["margin"][1] < 0 and math.isnan(row["bound"][1]) and math.isfinite(row["bound_formula"][1])
-    rough = bound_quantities(params, per_sample, contraction, torch.tensor([5.9, 6.0], dtype=D), data, False, 20, 10.0)
+    net = Layered.dense(params, False)
+    rough = bound_quantities(net, per_sample, contraction, torch.tensor([5.9, 6.0], dtype=D), data, 20, 10.0)
     assert rough["premise_smoothness"].tolist() == [False, True] and math.isnan(rough["bound"][0])
     assert rough["bound_formula"][0] == row["bound_formula"][0]
 

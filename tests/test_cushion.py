@@ -224,14 +224,14 @@ def test_the_paper_asks_every_sample_at_once():
 def recording(monkeypatch):
     """Record every unit-noise tensor the measures draw, in order."""
     drawn = []
-    original = cushion._unit_noise
+    original = cushion.unit_noise
 
     def record(shape, generator, like):
         eta = original(shape, generator, like)
         drawn.append(eta)
         return eta
 
-    monkeypatch.setattr(cushion, "_unit_noise", record)
+    monkeypatch.setattr(cushion, "unit_noise", record)
     return drawn
 
 

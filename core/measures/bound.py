@@ -13,22 +13,68 @@ gamma > 0 of a classifier, every cushion positive and finite), and how the net c
 by Matrix-Project (``core.measures.compression``) does. ``bound`` is the formula where
 every premise holds and NaN elsewhere; ``bound_formula`` is the formula regardless.
 Every value is an array ``[F]`` (or a plain number shared by the family), on the host.
+
+A CNN (``Layered.conv``) takes Theorem 5.1's form: each layer's term 1 / (mu_i^2 mu_{i->}^2)
+is multiplied by beta^2 ceil(kappa_i / s_i)^2, beta the well-distributed Jacobian
+(Definition 5.1, ``core.measures.conv_cushion``), kappa_i the kernel size and s_i the
+stride of layer i (the head: 1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from theoryscope.core import models
+from theoryscope.core import cnn, models
 from theoryscope.core.measures.compression import (
-    choose_helpers, compress, expected_relative_error, given_helpers, layer_output_error, margin_loss, margins,
+    CONV, DENSE, LinearMap, choose_helpers, compress, expected_relative_error, given_helpers, layer_output_error,
+    margin_loss, margins,
 )
-from theoryscope.core.measures.cushion import preactivations
 from theoryscope.core.train import StackedData, member_losses
+
+Weights = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Layered:
+    """A family as the bound sees it: its layers' weights A^1..A^L (what Matrix-Project
+    compresses), how each acts (``ops``), the outputs ``outputs(weights, x)`` on flat
+    inputs ``x [F, n, d]`` with those weights in place of A^1..A^L (biases kept), and
+    ``factors`` ``[F, L]``: what multiplies each layer's term of q (None: 1, Theorem 4.1)."""
+
+    weights: Weights
+    ops: list[LinearMap]
+    outputs: Callable[[Weights, torch.Tensor], torch.Tensor]
+    factors: torch.Tensor | None = None
+
+    @staticmethod
+    def dense(params: models.Params, nonlinear: bool) -> Layered:
+        """An MLP (``nonlinear``) or a deep linear net."""
+        return Layered(list(params.weights), [DENSE] * len(params.weights),
+                       lambda w, x: models.forward(models.Params(w, params.biases), x, nonlinear))
+
+    @staticmethod
+    def conv(params: cnn.ConvParams, pool: int, image: tuple[int, int, int], beta: torch.Tensor) -> Layered:
+        """A CNN of ``core.cnn`` on images of shape ``image``, with ``beta`` ``[F]`` its
+        well-distributed Jacobian: Theorem 5.1's factor beta^2 k^2 per conv layer (stride 1),
+        beta^2 for the head."""
+        kernel = params.convs[0].shape[-1]
+        sizes = torch.tensor([kernel**2] * len(params.convs) + [1], dtype=beta.dtype, device=beta.device)
+
+        def outputs(w: Weights, x: torch.Tensor) -> torch.Tensor:
+            net = cnn.ConvParams(w[:-1], w[-1], params.conv_biases, params.head_bias)
+            return cnn.forward(net, x.view(*x.shape[:-1], *image), pool)
+
+        return Layered([*params.convs, params.head], [CONV] * len(params.convs) + [DENSE], outputs,
+                       beta.square().unsqueeze(-1) * sizes)
+
+    def params(self) -> int:
+        """Weights of one uncompressed member."""
+        return sum(op.entries(w) for w, op in zip(self.weights, self.ops))
 
 
 def host(t: torch.Tensor) -> np.ndarray:
@@ -54,19 +100,18 @@ def premises(rho: torch.Tensor, depth: int, gamma: torch.Tensor | None, mu: torc
             "premise": smooth & margin & cushions}
 
 
-def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor], contraction: torch.Tensor,
-                     rho: torch.Tensor, data: StackedData, nonlinear: bool, n_train: int,
-                     margin_percentile: float) -> dict:
-    """The quantities and premises of Theorem 4.1, ``[F]`` each.
+def bound_quantities(net: Layered, per_sample: dict[str, torch.Tensor], contraction: torch.Tensor,
+                     rho: torch.Tensor, data: StackedData, n_train: int, margin_percentile: float) -> dict:
+    """The quantities and premises of Theorem 4.1 (5.1 for a CNN), ``[F]`` each.
 
     ``per_sample`` holds the per-sample ``layer_cushion`` and ``interlayer_cushion``
     ``[F, L, n]`` on the samples S; ``contraction`` is ``[F, L-1]``; ``rho`` is the
     paper's rho_delta per member (``cushion.net_smoothness``). max ||f(x)|| and gamma are
     taken over the whole training set.
     """
-    depth = len(params.weights)
-    out_train = models.forward(params, data.x_train, nonlinear)
-    out_test = models.forward(params, data.x_test, nonlinear)
+    depth = len(net.weights)
+    out_train = net.outputs(net.weights, data.x_train)
+    out_test = net.outputs(net.weights, data.x_test)
     train_loss, train_error = member_losses(out_train, data.y_train, data.classification)
     test_loss, test_error = member_losses(out_test, data.y_test, data.classification)
     f = out_train.shape[0]
@@ -77,7 +122,7 @@ def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor],
     nothing = np.full(f, math.nan)
     row = {
         "activation_contraction": host(c), "max_output_norm": host(max_norm),
-        "params": sum(int(w.shape[-1] * w.shape[-2]) for w in params.weights),
+        "params": net.params(),
         "margin": nothing, "margin_loss": nothing, "effective_params": nothing, "bound_formula": nothing,
         "bound": nothing, "train_error": nothing, "test_error": nothing, "gen_gap": host(test_loss - train_loss),
         "interlayer_smoothness": host(rho),
@@ -86,7 +131,8 @@ def bound_quantities(params: models.Params, per_sample: dict[str, torch.Tensor],
     if data.classification:
         margin = margins(out_train, data.y_train)
         gamma = torch.quantile(margin, margin_percentile / 100, dim=-1)
-        q = c**2 * depth**2 * max_norm**2 * (1 / (mu**2 * mu_to**2)).sum(dim=-1) / gamma**2
+        terms = 1 / (mu**2 * mu_to**2) if net.factors is None else net.factors / (mu**2 * mu_to**2)
+        q = c**2 * depth**2 * max_norm**2 * terms.sum(dim=-1) / gamma**2
         loss_at_gamma = margin_loss(margin, gamma)
         formula = loss_at_gamma + torch.sqrt(q / n_train)
         row |= {"margin": host(gamma), "margin_loss": host(loss_at_gamma), "effective_params": host(q),
@@ -112,19 +158,20 @@ class CompressionPlan:
 Counts = list[torch.Tensor]  # one [F] tensor per layer
 
 
-def helper_counts(weights, inputs: list[torch.Tensor], plan: CompressionPlan) -> tuple[Counts, Counts]:
+def helper_counts(net: Layered, inputs: list[torch.Tensor], plan: CompressionPlan) -> tuple[Counts, Counts]:
     """Per layer ``[F]``: the helpers used (0: the layer is kept as it is) and those the
     target error needs (NaN when k is given)."""
     if plan.k is None:
-        return choose_helpers(weights, inputs, plan.eps, plan.max_k)
-    used = given_helpers(weights, plan.k)
+        return choose_helpers(net.weights, inputs, plan.eps, plan.max_k, net.ops)
+    used = given_helpers(net.weights, plan.k, net.ops)
     return used, [torch.full(u.shape, math.nan, dtype=inputs[0].dtype, device=u.device) for u in used]
 
 
-def compressed_quantities(params: models.Params, data: StackedData, nonlinear: bool, x: torch.Tensor,
+def compressed_quantities(net: Layered, data: StackedData, x: torch.Tensor, inputs: list[torch.Tensor],
                           plan: CompressionPlan, gamma: np.ndarray) -> tuple[dict, dict]:
     """The net with its layers compressed by Matrix-Project as ``plan`` says: ``(bounds
-    columns [F], layers columns [F, L])``.
+    columns [F], layers columns [F, L])``. ``x`` are the samples (flat), ``inputs`` every
+    layer's input phi(x^{i-1}) on them.
 
     Per layer: the helpers used (``compression_k``, NaN where the layer is kept as it is),
     those the target needs (``compression_k_needed``), whether it is compressed, the
@@ -134,16 +181,15 @@ def compressed_quantities(params: models.Params, data: StackedData, nonlinear: b
     kept), the layers compressed, the target, and how the compressed net does
     (``_compressed_net``).
     """
-    w = params.weights
-    xs = preactivations(w, params.biases, x, nonlinear)
-    inputs = [xs[0]] + [torch.relu(t) if nonlinear else t for t in xs[1:-1]]  # phi(x^{i-1})
-    used, needed = helper_counts(w, inputs, plan)
-    small = models.Params(compress(w, used, plan.seed), params.biases)
+    w = net.weights
+    used, needed = helper_counts(net, inputs, plan)
+    small = compress(w, used, plan.seed)
     counts = torch.stack(used, dim=-1).to(x.dtype)  # [F, L]
     on = counts > 0
-    expected = torch.stack([expected_relative_error(a, z, u.clamp_min(1)) for a, z, u in zip(w, inputs, used)], -1)
-    measured = torch.stack([layer_output_error(a, s, z) for a, s, z in zip(w, small.weights, inputs)], dim=-1)
-    sizes = torch.tensor([a.shape[-1] * a.shape[-2] for a in w], dtype=x.dtype, device=x.device)
+    expected = torch.stack([expected_relative_error(a, z, u.clamp_min(1), op)
+                            for a, z, u, op in zip(w, inputs, used, net.ops)], -1)
+    measured = torch.stack([layer_output_error(a, s, z, op) for a, s, z, op in zip(w, small, inputs, net.ops)], -1)
+    sizes = torch.tensor([op.entries(a) for a, op in zip(w, net.ops)], dtype=x.dtype, device=x.device)
     most = counts.amax(dim=-1)
     layers = {
         "compression_k": host(torch.where(on, counts, math.nan)),
@@ -152,28 +198,26 @@ def compressed_quantities(params: models.Params, data: StackedData, nonlinear: b
         "compression_expected_error": host(torch.where(on, expected, 0.0)),
         "compression_layer_error": host(measured),
     }
-    net = {
+    summary = {
         "compression_k": host(torch.where(most > 0, most, math.nan)),
         "compressed_params": host(torch.where(on, counts, sizes).sum(dim=-1)),
         "compressed_layers": host(on.sum(dim=-1).to(x.dtype)),
         "compression_target": plan.eps if plan.k is None else None,
     }
-    return net | _compressed_net(params, small, data, nonlinear, x, gamma), layers
+    return summary | _compressed_net(net, small, data, x, gamma), layers
 
 
-def _compressed_net(params: models.Params, small: models.Params, data: StackedData, nonlinear: bool,
-                    x: torch.Tensor, gamma: np.ndarray) -> dict:
+def _compressed_net(net: Layered, small: Weights, data: StackedData, x: torch.Tensor, gamma: np.ndarray) -> dict:
     """How the compressed net does: its median relative output change on ``x``, its test
     loss and (classification) its errors and its training margin loss at gamma."""
-    reference = models.forward(params, x, nonlinear)
-    moved = (models.forward(small, x, nonlinear) - reference).norm(dim=-1) / reference.norm(dim=-1)
-    c_test_loss, c_test_error = member_losses(models.forward(small, data.x_test, nonlinear), data.y_test,
-                                              data.classification)
+    reference = net.outputs(net.weights, x)
+    moved = (net.outputs(small, x) - reference).norm(dim=-1) / reference.norm(dim=-1)
+    c_test_loss, c_test_error = member_losses(net.outputs(small, data.x_test), data.y_test, data.classification)
     nothing = np.full(reference.shape[0], math.nan)
     row = {"compression_error": host(moved.median(dim=-1).values), "compressed_test_loss": host(c_test_loss),
            "compressed_train_error": nothing, "compressed_test_error": nothing, "compressed_margin_loss": nothing}
     if data.classification:
-        c_train = models.forward(small, data.x_train, nonlinear)
+        c_train = net.outputs(small, data.x_train)
         _, c_train_error = member_losses(c_train, data.y_train, True)
         at = torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
         row |= {"compressed_train_error": host(c_train_error), "compressed_test_error": host(c_test_error),

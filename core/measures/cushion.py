@@ -162,7 +162,7 @@ def min_interlayer_cushion(weights, biases, x: Tensor, nonlinear: bool = True) -
     return _out(torch.stack(rows, dim=1), single)
 
 
-def _unit_noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+def unit_noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
     """Gaussian directions of unit norm along the last axis, drawn on the CPU."""
     eta = torch.randn(*shape, generator=generator, dtype=torch.float64)
     return (eta / eta.norm(dim=-1, keepdim=True)).to(device=like.device, dtype=like.dtype)
@@ -229,7 +229,7 @@ def interlayer_smoothness(weights, biases, x: Tensor, noise_scale: float = 0.1, 
         ratio = x.new_empty(f, n, draws)
         for start in range(0, n, block):
             samples = slice(start, min(n, start + block))
-            eta = _unit_noise((samples.stop - start, draws, xs[i].shape[-1]), generator, x)
+            eta = unit_noise((samples.stop - start, draws, xs[i].shape[-1]), generator, x)
             ratio[:, samples] = _smoothness_block(weights, biases, [t[:, samples] for t in xs], i, eta,
                                                   noise_scale, nonlinear)
         rows.append(ratio)
@@ -300,7 +300,7 @@ def noise_attenuation(weights, biases, x: Tensor, generator: torch.Generator | N
     out = torch.full((f, max(depth - 1, 0), depth), math.nan, dtype=x.dtype, device=x.device)
     for i in range(1, depth):
         xi = xs[i]
-        eta = _unit_noise((n, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1, keepdim=True))
+        eta = unit_noise((n, xi.shape[-1]), generator, x) * (noise_scale * xi.norm(dim=-1, keepdim=True))
         for j, noisy in enumerate(_propagate(weights, biases, xi + eta, i, nonlinear), start=i + 1):
             rel = (noisy - xs[j]).norm(dim=-1) / xs[j].norm(dim=-1)
             out[:, i - 1, j - 1] = rel.nanmedian(dim=-1).values  # 0/0 (x^j = 0, unmoved): left out

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from theoryscope.core.config import Choice, RunSpec, is_finite, require
+from theoryscope.core.config import Choice, ModelKind, RunSpec, is_finite, require
 from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.figures import Figure
 from theoryscope.sweeps.panels import (
@@ -35,8 +35,8 @@ from theoryscope.sweeps.measures.base import Grid, Measure
 if TYPE_CHECKING:
     import torch
 
-    from theoryscope.core import models
-    from theoryscope.core.measures.bound import CompressionPlan
+    from theoryscope.core import cnn, models
+    from theoryscope.core.measures.bound import CompressionPlan, Layered
     from theoryscope.core.train import FamilyResult, StackedData
 
 
@@ -100,31 +100,34 @@ class CushionSpec:
                  "margin_percentile", "a number in (0, 100)", self.margin_percentile)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
-    def compression(self, depth: int) -> CompressionPlan | None:
-        """The Matrix-Project plan for a net of ``depth`` layers; None: no compressed net."""
+    def compression(self, layers: int) -> CompressionPlan | None:
+        """The Matrix-Project plan for a net of ``layers`` layers; None: no compressed net."""
         from theoryscope.core.measures.bound import CompressionPlan
 
         k = self.compression_k
         if k == 0:
             return None
-        if isinstance(k, tuple) and k and len(k) != depth:
-            raise SpecError(f"measure.cushions.compression_k: expected {depth} integers (one per layer of a "
-                            f"depth-{depth} net), got {list(k)!r}")
-        given = (k,) * depth if isinstance(k, int) else k or None
+        if isinstance(k, tuple) and k and len(k) != layers:
+            raise SpecError(f"measure.cushions.compression_k: expected {layers} integers (one per layer of a "
+                            f"net of {layers} layers), got {list(k)!r}")
+        given = (k,) * layers if isinstance(k, int) else k or None
         return CompressionPlan(given, self.compression_error, self.compression_max_k, self.seed)
 
 
 def check_compression(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
     """A list of one k per layer needs every net to have that many layers: every swept
-    depth, or the base run's depth when depth is not swept."""
+    depth, or the base run's depth when depth is not swept (a CNN has depth conv layers
+    and its head)."""
     k = opts.compression_k
     swept = dict(grid).get("model.depth")
     depths = swept or (base.model.depth,)
-    if isinstance(k, tuple) and k and any(d != len(k) for d in depths):
+    head = int(base.model.kind is ModelKind.CNN)
+    if isinstance(k, tuple) and k and any(d + head != len(k) for d in depths):
         where = f"[grid] sweeps depth over {list(depths)}" if swept else f"model.depth is {base.model.depth}"
+        needs = f"depth {len(k) - 1} (its conv layers and the head)" if head else f"depth {len(k)}"
         raise SpecError(f"measure.cushions.compression_k: a list of {len(k)} integers (one per layer) needs "
-                        f"every net to have depth {len(k)}, but {where}; give one integer for every layer, [] "
-                        f"(k from compression_error), or a list as long as the depth")
+                        f"every net to have {needs}, but {where}; give one integer for every layer, [] "
+                        f"(k from compression_error), or a list as long as the number of layers")
 
 
 # One row per run, measured step and layer (Arora, Ge, Neyshabur & Zhang 2018). The
@@ -134,9 +137,10 @@ LAYERS = pa.schema([
     ("sweep", pa.string()),
     ("run_id", pa.string()),
     ("step", pa.int64()),
-    ("layer", pa.int64()),                    # 1 = the first weight matrix
-    ("fan_in", pa.int64()),
-    ("fan_out", pa.int64()),
+    ("layer", pa.int64()),                    # 1 = the first weight matrix (a CNN's first conv)
+    ("fan_in", pa.int64()),                   # a conv layer: C_in k^2
+    ("fan_out", pa.int64()),                  # a conv layer: C_out
+    ("kernel_size", pa.int64()),              # k of a conv layer; null for a dense one
     ("layer_cushion", pa.float64()),          # mu_i
     ("layer_cushion_mean", pa.float64()),
     ("interlayer_cushion", pa.float64()),     # mu_{i->} = min(1/sqrt(h^i), min_j mu_{i,j})
@@ -145,9 +149,10 @@ LAYERS = pa.schema([
     ("interlayer_smoothness", pa.float64()),  # rho_delta of layer i alone (all samples per draw); null last
     ("interlayer_smoothness_pooled", pa.float64()),  # delta-quantile over samples x draws pooled; null last
     ("noise_attenuation", pa.float64()),      # output change from noise attenuation_noise ||x^i|| at layer i
-    ("frobenius_norm", pa.float64()),
-    ("spectral_norm", pa.float64()),
-    ("stable_rank", pa.float64()),
+    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 5.1 at layer i (max over j, samples)
+    ("frobenius_norm", pa.float64()),         # a conv layer: of its kernel tensor
+    ("spectral_norm", pa.float64()),          # a conv layer: of the convolution, circular padding (FFT)
+    ("stable_rank", pa.float64()),            # of the operator: ||A||_F^2 / ||A||_2^2
     ("compression_k", pa.int64()),            # Matrix-Project helpers; null where the layer is kept
     ("compression_k_needed", pa.float64()),   # helpers the target error needs (null with a given k)
     ("compressed", pa.bool_()),               # whether Matrix-Project replaced the layer
@@ -179,7 +184,8 @@ BOUNDS = pa.schema([
     ("margin_loss", pa.float64()),            # training gamma-margin loss
     ("activation_contraction", pa.float64()),  # c, the maximum over layers
     ("max_output_norm", pa.float64()),        # max over the training set of ||f(x)||
-    ("effective_params", pa.float64()),       # q of Theorem 4.1
+    ("effective_params", pa.float64()),       # q of Theorem 4.1 (of Theorem 5.1 for a CNN)
+    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 5.1, the maximum over layers
     ("params", pa.int64()),                   # weights of the uncompressed net
     ("bound", pa.float64()),                  # bound_formula where every premise holds, else null
     ("bound_formula", pa.float64()),          # margin_loss + sqrt(q / n_train), log factors dropped
@@ -240,33 +246,94 @@ def measured_samples(opts: CushionSpec, data: StackedData) -> torch.Tensor:
     return x[:, :opts.max_samples] if opts.max_samples else x
 
 
-def measure_step(opts: CushionSpec, params: models.Params, data: StackedData, x: torch.Tensor, nonlinear: bool,
-                 n_train: int, step: int) -> tuple[dict, dict, np.ndarray]:
+@dataclass
+class Stability:
+    """What ``measure_step`` needs of a family at one step, from an MLP's or a CNN's
+    measures: per-sample ``layer_cushion`` and ``interlayer_cushion`` (and, for a CNN,
+    ``jacobian_spread``) ``[F, L, n]``, the contraction ``[F, L-1]``, the smoothness ratios
+    ``[F, L-1, n, draws]``, the attenuation ``[F, L-1, L]``, the weight norms ``[F, L]``,
+    the family as the bound sees it and every layer's input phi(x^{i-1}) on the samples."""
+
+    per_sample: dict[str, torch.Tensor]
+    contraction: torch.Tensor
+    ratios: torch.Tensor
+    attenuation: torch.Tensor
+    norms: dict[str, torch.Tensor]
+    net: Layered
+    inputs: list[torch.Tensor]
+
+
+def dense_stability(opts: CushionSpec, params: models.Params, x: torch.Tensor, nonlinear: bool,
+                    step: int) -> Stability:
+    """Section 4's measures of an MLP or deep linear family (``core.measures.cushion``)."""
+    import torch
+
+    from theoryscope.core.measures.bound import Layered
+    from theoryscope.core.measures.cushion import (
+        activation_contraction, interlayer_smoothness, layer_cushion, min_interlayer_cushion, noise_attenuation,
+        preactivations, weight_norms,
+    )
+    from theoryscope.core.seeding import generator
+
+    w, b = params.weights, params.biases
+    xs = preactivations(w, b, x, nonlinear)
+    return Stability(
+        per_sample={"layer_cushion": layer_cushion(w, b, x, nonlinear),
+                    "interlayer_cushion": min_interlayer_cushion(w, b, x, nonlinear)},
+        contraction=activation_contraction(w, b, x, nonlinear),
+        ratios=interlayer_smoothness(w, b, x, opts.noise_scale, opts.draws, generator(opts.seed, "smoothness", step),
+                                     nonlinear),
+        attenuation=noise_attenuation(w, b, x, generator(opts.seed, "attenuation", step), nonlinear,
+                                      opts.attenuation_noise),
+        norms=weight_norms(w), net=Layered.dense(params, nonlinear),
+        inputs=[xs[0]] + [torch.relu(t) if nonlinear else t for t in xs[1:-1]])
+
+
+def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, image: tuple[int, int, int],
+                   pool: int, step: int) -> Stability:
+    """Section 5's measures of a CNN family (``core.measures.conv_cushion``) on flat
+    samples ``x``."""
+    from theoryscope.core.measures import conv_cushion as conv
+    from theoryscope.core.measures.bound import Layered
+    from theoryscope.core.seeding import generator
+
+    passed = conv.forward_pass(params, x.view(*x.shape[:-1], *image), pool)
+    sums = conv.jacobian_sums(params, passed)
+    spread = conv.jacobian_spread(params, passed, sums)
+    return Stability(
+        per_sample={"layer_cushion": conv.layer_cushion(params, passed),
+                    "interlayer_cushion": conv.interlayer_cushions(params, passed, sums),
+                    "jacobian_spread": spread},
+        contraction=conv.activation_contraction(passed),
+        ratios=conv.interlayer_smoothness(params, passed, opts.noise_scale, opts.draws,
+                                          generator(opts.seed, "smoothness", step)),
+        attenuation=conv.noise_attenuation(params, passed, generator(opts.seed, "attenuation", step),
+                                           opts.attenuation_noise),
+        norms=conv.weight_norms(params, passed),
+        net=Layered.conv(params, pool, image, spread.amax(dim=-1).amax(dim=-1)),
+        inputs=[*passed.phis[:-1], passed.phis[-1].flatten(start_dim=2)])  # the head reads flat features
+
+
+def measure_step(opts: CushionSpec, got: Stability, data: StackedData, x: torch.Tensor, n_train: int
+                 ) -> tuple[dict, dict, np.ndarray]:
     """One measured step of a family: ``(layers columns [F, L], bounds columns [F],
     attenuation [F, L-1, L])``; the last layer's hidden-layer columns are NaN."""
     import torch
 
     from theoryscope.core.measures.bound import bound_quantities, compressed_quantities, host
-    from theoryscope.core.measures.cushion import (
-        activation_contraction, interlayer_smoothness, layer_cushion, layer_smoothness, min_interlayer_cushion,
-        net_smoothness, noise_attenuation, pooled_smoothness, weight_norms,
-    )
-    from theoryscope.core.seeding import generator
+    from theoryscope.core.measures.cushion import layer_smoothness, net_smoothness, pooled_smoothness
 
-    w, b = params.weights, params.biases
-    per_sample = {"layer_cushion": layer_cushion(w, b, x, nonlinear),  # [F, L, n]
-                  "interlayer_cushion": min_interlayer_cushion(w, b, x, nonlinear)}
-    contraction = activation_contraction(w, b, x, nonlinear)  # [F, L-1]
-    ratios = interlayer_smoothness(w, b, x, opts.noise_scale, opts.draws, generator(opts.seed, "smoothness", step),
-                                   nonlinear)
-    attenuation = noise_attenuation(w, b, x, generator(opts.seed, "attenuation", step), nonlinear,
-                                    opts.attenuation_noise)  # [F, L-1, L]
-    bounds = bound_quantities(params, per_sample, contraction, net_smoothness(ratios, opts.delta), data, nonlinear,
-                              n_train, opts.margin_percentile)
+    per_sample, contraction, ratios, attenuation = got.per_sample, got.contraction, got.ratios, got.attenuation
+    bounds = bound_quantities(got.net, per_sample, contraction, net_smoothness(ratios, opts.delta), data, n_train,
+                              opts.margin_percentile)
     hidden = {"activation_contraction": contraction, "interlayer_smoothness": layer_smoothness(ratios, opts.delta),
               "interlayer_smoothness_pooled": pooled_smoothness(ratios, opts.delta),
               "noise_attenuation": attenuation[..., -1]}
     layers = {name: np.pad(host(v), ((0, 0), (0, 1)), constant_values=math.nan) for name, v in hidden.items()}
+    if "jacobian_spread" in per_sample:
+        spread = per_sample.pop("jacobian_spread").amax(dim=-1)  # [F, L]
+        layers["jacobian_spread"] = host(spread)
+        bounds["jacobian_spread"] = host(spread.amax(dim=-1))
     for name, values in per_sample.items():
         layers[name] = host(values.amin(dim=-1))
         # Mean and percentiles over the samples that constrain the cushion (``inf``: a
@@ -275,12 +342,12 @@ def measure_step(opts: CushionSpec, params: models.Params, data: StackedData, x:
         layers[f"{name}_mean"] = host(constraining.nanmean(dim=-1))
         for q in opts.percentiles:
             layers[percentile_column(name, q)] = host(torch.nanquantile(constraining, q / 100, dim=-1))
-    norms = weight_norms(w)
+    norms = got.norms
     layers |= {"frobenius_norm": host(norms["frobenius"]), "spectral_norm": host(norms["spectral"]),
                "stable_rank": host(norms["stable_rank"])}
-    plan = opts.compression(len(w))
+    plan = opts.compression(len(got.net.weights))
     if plan is not None:
-        net, per_layer = compressed_quantities(params, data, nonlinear, x, plan, bounds["margin"])
+        net, per_layer = compressed_quantities(got.net, data, x, got.inputs, plan, bounds["margin"])
         bounds |= net
         layers |= per_layer
     return layers, bounds, host(attenuation)
@@ -292,22 +359,29 @@ def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
     (2018) for every member at every measured step."""
     import torch
 
-    from theoryscope.core import models
+    from theoryscope.core import cnn, models, nets
 
     data = result.data
-    nonlinear = models.is_nonlinear(runs[0].model.kind)
+    first = runs[0]
     x = measured_samples(opts, data)
     schemas = {"layers": layers_schema(opts.percentiles), "bounds": BOUNDS, "attenuation": ATTENUATION}
     rows: dict[str, list[dict]] = {name: [] for name in schemas}
     for step in sorted(result.snapshots):
         params = result.snapshots[step]
         with torch.no_grad():
-            layers, bounds, attenuation = measure_step(opts, params, data, x, nonlinear, runs[0].data.n_train, step)
-        shapes = [(int(w.shape[-1]), int(w.shape[-2])) for w in params.weights]
+            if isinstance(params, cnn.ConvParams):
+                got = conv_stability(opts, params, x, nets.conv_arch(first.model, first.data).in_shape,
+                                     first.model.pool, step)
+            else:
+                got = dense_stability(opts, params, x, models.is_nonlinear(first.model.kind), step)
+            layers, bounds, attenuation = measure_step(opts, got, data, x, first.data.n_train)
+        # fan_in, fan_out and (conv layers) the kernel size of every layer.
+        shapes = [(math.prod(w.shape[2:]), int(w.shape[1]), int(w.shape[-1]) if w.dim() == 5 else None)
+                  for w in got.net.weights]
         for f, run in enumerate(runs):
             key = {"sweep": sweep, "run_id": run.run_id, "step": step}
-            for layer, (fan_in, fan_out) in enumerate(shapes, start=1):
-                row = key | {"layer": layer, "fan_in": fan_in, "fan_out": fan_out}
+            for layer, (fan_in, fan_out, kernel) in enumerate(shapes, start=1):
+                row = key | {"layer": layer, "fan_in": fan_in, "fan_out": fan_out, "kernel_size": kernel}
                 rows["layers"].append(row | {name: v[f, layer - 1] for name, v in layers.items()})
             rows["bounds"].append(key | {"samples": x.shape[1]} | {
                 name: v[f] if isinstance(v, np.ndarray) else v for name, v in bounds.items()})
@@ -417,6 +491,7 @@ MEASURE = Measure(
     tables={"layers": LAYERS, "bounds": BOUNDS, "attenuation": ATTENUATION},
     snapshot_steps=snapshot_steps,
     rows=cushion_tables,
+    models=frozenset({ModelKind.MLP, ModelKind.LINEAR, ModelKind.CNN}),
     figures=(
         Figure("cushions", "Layer cushions against label noise",
                "SELECT {fields}r.label_noise, l.layer, l.layer_cushion FROM layers l JOIN runs r USING (sweep, run_id) "
