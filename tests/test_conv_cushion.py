@@ -28,14 +28,16 @@ POOL = 2
 
 
 def family(bias: bool, members: int = 3, depth: int = 2, width: int = 3, n: int = 4, seed: int = 0):
-    arch = cnn.ConvArch((2, 8, 8), depth, width, 3, POOL, 5, bias=bias)
+    """``members`` CNNs on 2-channel images, 8 x 8 (16 x 16 from depth 3 on)."""
+    side = 8 if depth < 3 else 16
+    arch = cnn.ConvArch((2, side, side), depth, width, 3, POOL, 5, bias=bias)
     params = cnn.init_family(arch, list(range(members)), [1.0] * members, [Init.DEFAULT] * members, D,
                              torch.device("cpu"))
     g = torch.Generator().manual_seed(seed)
     if bias:  # nonzero biases, so that the maps are affine, not linear
         params.conv_biases = [0.1 * torch.randn(b.shape, generator=g, dtype=D) for b in params.conv_biases]
         params.head_bias = 0.1 * torch.randn(params.head_bias.shape, generator=g, dtype=D)
-    images = torch.randn(members, n, 2, 8, 8, generator=g, dtype=D)
+    images = torch.randn(members, n, 2, side, side, generator=g, dtype=D)
     return params, images
 
 
@@ -101,12 +103,13 @@ def test_layer_cushion_and_contraction_match_a_plain_conv_loop(bias):
         assert contraction[f].tolist() == pytest.approx(worst, rel=1e-12)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_interlayer_cushions_and_the_jacobian_spread_match_autograd_jacobians(bias):
+@pytest.mark.parametrize("bias, depth", [(False, 2), (True, 2), (True, 3)])
+def test_interlayer_cushions_and_the_jacobian_spread_match_autograd_jacobians(bias, depth):
     """mu_{i->} = min(1/sqrt(h^i), min_j ||J x^i|| / (||J||_F ||x^i||)) and beta of
     Definition 5.1 = max(1, max_j sqrt(H W max_p ||J[:, :, p]||_F^2 / ||J||_F^2)), with
-    J = J^{i,j} the autograd Jacobian of the true map at x^i."""
-    params, images = family(bias)
+    J = J^{i,j} the autograd Jacobian of the true map at x^i (next layers in closed form,
+    the others by rows; depth 3 has a pair of conv layers two apart)."""
+    params, images = family(bias, depth=depth)
     passed = forward_pass(params, images, POOL)
     mu_to, beta = interlayer_cushions(params, passed), jacobian_spread(params, passed)
     layers = len(params.convs) + 1
@@ -130,7 +133,7 @@ def test_interlayer_cushions_and_the_jacobian_spread_match_autograd_jacobians(bi
 
 
 def test_chunking_the_jacobian_changes_nothing_but_rounding(monkeypatch):
-    params, images = family(True, depth=2)
+    params, images = family(True, depth=3)
     passed = forward_pass(params, images, POOL)
     whole = jacobian_sums(params, passed)
     monkeypatch.setattr(conv_cushion, "JACOBIAN_BUDGET", 500)  # one sample and a few rows at a time

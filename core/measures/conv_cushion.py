@@ -192,15 +192,19 @@ class JacobianSums:
 
 
 def jacobian_sums(params: ConvParams, cp: ConvPass) -> JacobianSums:
-    """The sums over every Jacobian J^{i,j}_{x^i}, 1 <= i < j <= L, per sample: for each j
-    the rows of J (one basis vector of x^j each) are pushed down through the transposed
-    linearised layers, giving at each i < j the rows of J^{i,j}. Rows and samples are taken
-    in chunks of at most ``JACOBIAN_BUDGET`` numbers; every sum is over rows, so the chunks
+    """The sums over every Jacobian J^{i,j}_{x^i}, 1 <= i < j <= L, per sample.
+
+    Next layers in closed form (``_adjacent_sums``). For j >= i + 2 the rows of J^{i,j}
+    (one basis vector of x^j each) are pushed down through the transposed linearised
+    layers, giving at each i <= j - 2 the rows of J^{i,j}. Rows and samples are taken in
+    chunks of at most ``JACOBIAN_BUDGET`` numbers; every sum is over rows, so the chunks
     change nothing but the order of the additions."""
     f, n = cp.xs[0].shape[:2]
     frobenius2, image2, position2 = {}, {}, {}
-    for j in range(2, cp.layers + 1):
-        for i in range(1, j):
+    for i in range(1, cp.layers):
+        frobenius2[i, i + 1], image2[i, i + 1], position2[i, i + 1] = _adjacent_sums(params, cp, i)
+    for j in range(3, cp.layers + 1):
+        for i in range(1, j - 1):
             frobenius2[i, j] = cp.xs[0].new_zeros(f, n)
             image2[i, j] = cp.xs[0].new_zeros(f, n)
             position2[i, j] = cp.xs[0].new_zeros(f, n, *cp.shape(i)[1:])
@@ -219,6 +223,8 @@ def jacobian_sums(params: ConvParams, cp: ConvPass) -> JacobianSums:
                 g = g.view(f, s, r, *cp.shape(j))
                 for i in range(j - 1, 0, -1):
                     g = _linear_step_transpose(params, cp, i, g, samples)
+                    if i == j - 1:
+                        continue  # in closed form
                     squares = g.square()
                     frobenius2[i, j][:, samples] += squares.flatten(start_dim=2).sum(dim=-1)
                     along = (g * cp.xs[i][:, samples].unsqueeze(2)).flatten(start_dim=3).sum(dim=-1)
@@ -226,6 +232,39 @@ def jacobian_sums(params: ConvParams, cp: ConvPass) -> JacobianSums:
                     position2[i, j][:, samples] += squares.sum(dim=(2, 3))
     return JacobianSums(frobenius2, image2,
                         {key: t.flatten(start_dim=2).amax(dim=-1) for key, t in position2.items()})
+
+
+def _adjacent_sums(params: ConvParams, cp: ConvPass, i: int) -> tuple[Tensor, Tensor, Tensor]:
+    """||J||_F^2, ||J x^i||^2 and the squared norms of every position's columns
+    ``[F, n, H_i, W_i]`` for J = J^{i,i+1} = A^{i+1} P_i, where P_i keeps, of x^i, the
+    entry at each pooling switch whose ReLU is on (a 0/1 selection). J's columns are
+    A^{i+1}'s columns at the kept entries and zero elsewhere, so ||J||_F^2 sums A^{i+1}'s
+    squared column norms over them, and J x^i = A^{i+1} phi(x^i) (the kept entries of x^i
+    are phi(x^i)). Exact, at the cost of one pass over the maps."""
+    x, where = cp.xs[i], cp.switches[i - 1]
+    f, n, channels, height, wide = x.shape
+    flat_where = where.flatten(start_dim=-2)
+    on = (x.flatten(start_dim=-2).gather(-1, flat_where) > 0).to(x.dtype)  # [F, n, C, pooled]
+    kept = on * _column_norms2(params, i + 1, tuple(where.shape[-2:])).unsqueeze(1)
+    per_position = x.new_zeros(f, n, channels, height * wide).scatter_(-1, flat_where, kept)
+    image = _norms(_apply(params, i + 1, cp.phis[i])).square()
+    return kept.sum(dim=(2, 3)), image, per_position.sum(dim=2).view(f, n, height, wide)
+
+
+def _column_norms2(params: ConvParams, k: int, size: tuple[int, int]) -> Tensor:
+    """||A^k e_(c, p)||^2 for every input channel c and position p of layer k's input
+    (a ``size`` map), ``[F, C, positions]``. A conv's column is the kernel slice
+    K[:, c] placed around p, cut at the zero-padded border: the sum of sum_o K[o, c]^2
+    over the taps that land inside the map, a transposed convolution of a map of ones.
+    The head's: the squared norms of its matrix's columns."""
+    if k > len(params.convs):
+        head = params.head.square().sum(dim=1)  # [F, features]
+        return head.view(head.shape[0], -1, size[0] * size[1])
+    w = params.convs[k - 1]
+    f, _, c_in, kernel, _ = w.shape
+    energy = w.square().sum(dim=1).reshape(1, f * c_in, kernel, kernel)
+    ones = w.new_ones(1, 1, *size)
+    return nnf.conv_transpose2d(ones, energy, padding=kernel // 2).view(f, c_in, size[0] * size[1])
 
 
 def interlayer_cushions(params: ConvParams, cp: ConvPass, sums: JacobianSums | None = None) -> Tensor:
