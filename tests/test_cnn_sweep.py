@@ -221,3 +221,5 @@ def test_a_cnns_compression_k_counts_its_head(write_spec, results):
     line = one_line_error(invoke("plan", spec))
     assert "compression_k: a list of 2 integers (one per layer) needs every net to have depth 1 (its conv layers " \
            "and the head)" in line
+    mixed = write_spec(CUSHIONED.replace("depth = [2]", 'depth = [2]\n"model.kind" = ["mlp", "cnn"]'), name="mixed.toml")
+    assert "and [grid] sweeps model.kind over CNNs and MLPs" in one_line_error(invoke("plan", mixed))

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as nnf
 
+from theoryscope.core.measures.invertibility import conv
 from theoryscope.core.seeding import generator as named_generator
 
 Tensor = torch.Tensor
@@ -115,8 +116,6 @@ def conv_projection_variance(a: Tensor, z: Tensor) -> Tensor:
     the bilinear variance with u (x) v = e_o (x) patch_p(z) summed over output channels o
     and positions p. Both sums over patches are convolutions: of z^2 with a kernel of ones
     (each pixel counted once per patch it falls in) and of z^2 with A^2."""
-    from theoryscope.core.measures.invertibility import conv
-
     c_out, k = a.shape[1], a.shape[-1]
     fro2 = a.square().flatten(start_dim=1).sum(dim=-1).unsqueeze(-1)  # [F, 1]
     ones = torch.ones(1, 1, k, k, dtype=z.dtype, device=z.device)
@@ -128,16 +127,10 @@ def conv_projection_variance(a: Tensor, z: Tensor) -> Tensor:
     return c_out * fro2 * patch_energy + az2 - 2 * cross
 
 
-def _conv_apply(a: Tensor, z: Tensor) -> Tensor:
-    from theoryscope.core.measures.invertibility import conv
-
-    return conv(a, z).flatten(start_dim=2)
-
-
 DENSE = LinearMap(apply=lambda a, z: z @ a.mT, variance=projection_variance,
                   norms2=lambda z: z.square().sum(dim=-1), rank=2)
 # A family's kernels [F, C_out, C_in, k, k] on maps [F, s, C_in, H, W].
-CONV = LinearMap(apply=_conv_apply, variance=conv_projection_variance,
+CONV = LinearMap(apply=lambda a, z: conv(a, z).flatten(start_dim=2), variance=conv_projection_variance,
                  norms2=lambda z: z.square().flatten(start_dim=2).sum(dim=-1), rank=4)
 
 

@@ -121,10 +121,13 @@ def check_compression(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
     k = opts.compression_k
     swept = dict(grid).get("model.depth")
     depths = swept or (base.model.depth,)
-    head = int(base.model.kind is ModelKind.CNN)
-    if isinstance(k, tuple) and k and any(d + head != len(k) for d in depths):
+    kinds = {ModelKind(kind) for kind in dict(grid).get("model.kind", (base.model.kind,))}
+    heads = {int(kind is ModelKind.CNN) for kind in kinds}
+    if isinstance(k, tuple) and k and any(d + head != len(k) for d in depths for head in heads):
         where = f"[grid] sweeps depth over {list(depths)}" if swept else f"model.depth is {base.model.depth}"
-        needs = f"depth {len(k) - 1} (its conv layers and the head)" if head else f"depth {len(k)}"
+        if len(heads) > 1:
+            where += " and [grid] sweeps model.kind over CNNs and MLPs"
+        needs = f"depth {len(k) - 1} (its conv layers and the head)" if heads == {1} else f"depth {len(k)}"
         raise SpecError(f"measure.cushions.compression_k: a list of {len(k)} integers (one per layer) needs "
                         f"every net to have {needs}, but {where}; give one integer for every layer, [] "
                         f"(k from compression_error), or a list as long as the number of layers")
@@ -249,8 +252,7 @@ def measured_samples(opts: CushionSpec, data: StackedData) -> torch.Tensor:
 @dataclass
 class Stability:
     """What ``measure_step`` needs of a family at one step, from an MLP's or a CNN's
-    measures: per-sample ``layer_cushion`` and ``interlayer_cushion`` (and, for a CNN,
-    ``jacobian_spread``) ``[F, L, n]``, the contraction ``[F, L-1]``, the smoothness ratios
+    measures: per-sample ``layer_cushion`` and ``interlayer_cushion`` ``[F, L, n]``, the contraction ``[F, L-1]``, the smoothness ratios
     ``[F, L-1, n, draws]``, the attenuation ``[F, L-1, L]``, the weight norms ``[F, L]``,
     the family as the bound sees it and every layer's input phi(x^{i-1}) on the samples."""
 
@@ -261,6 +263,7 @@ class Stability:
     norms: dict[str, torch.Tensor]
     net: Layered
     inputs: list[torch.Tensor]
+    spread: torch.Tensor | None = None  # CNNs: beta of Definition 5.1 per layer and sample [F, L, n]
 
 
 def dense_stability(opts: CushionSpec, params: models.Params, x: torch.Tensor, nonlinear: bool,
@@ -302,8 +305,7 @@ def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, i
     spread = conv.jacobian_spread(params, passed, sums)
     return Stability(
         per_sample={"layer_cushion": conv.layer_cushion(params, passed),
-                    "interlayer_cushion": conv.interlayer_cushions(params, passed, sums),
-                    "jacobian_spread": spread},
+                    "interlayer_cushion": conv.interlayer_cushions(params, passed, sums)},
         contraction=conv.activation_contraction(passed),
         ratios=conv.interlayer_smoothness(params, passed, opts.noise_scale, opts.draws,
                                           generator(opts.seed, "smoothness", step)),
@@ -311,7 +313,8 @@ def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, i
                                            opts.attenuation_noise),
         norms=conv.weight_norms(params, passed),
         net=Layered.conv(params, pool, image, spread.amax(dim=-1).amax(dim=-1)),
-        inputs=[*passed.phis[:-1], passed.phis[-1].flatten(start_dim=2)])  # the head reads flat features
+        inputs=[*passed.phis[:-1], passed.phis[-1].flatten(start_dim=2)],  # the head reads flat features
+        spread=spread)
 
 
 def measure_step(opts: CushionSpec, got: Stability, data: StackedData, x: torch.Tensor, n_train: int
@@ -330,8 +333,8 @@ def measure_step(opts: CushionSpec, got: Stability, data: StackedData, x: torch.
               "interlayer_smoothness_pooled": pooled_smoothness(ratios, opts.delta),
               "noise_attenuation": attenuation[..., -1]}
     layers = {name: np.pad(host(v), ((0, 0), (0, 1)), constant_values=math.nan) for name, v in hidden.items()}
-    if "jacobian_spread" in per_sample:
-        spread = per_sample.pop("jacobian_spread").amax(dim=-1)  # [F, L]
+    if got.spread is not None:
+        spread = got.spread.amax(dim=-1)  # [F, L]
         layers["jacobian_spread"] = host(spread)
         bounds["jacobian_spread"] = host(spread.amax(dim=-1))
     for name, values in per_sample.items():
