@@ -175,14 +175,14 @@ def test_a_cnn_family_continued_from_its_checkpoint_equals_an_uninterrupted_one(
 
 
 CUSHIONED = CNN_SPEC.replace("[grid]", "[measure]\ncushions = { max_samples = 16, draws = 8, steps = [0], "
-                                       "compression_k = [20, 0, 60] }\n\n[grid]")
+                                       "compression_k = [2, 0, 60], compression_p = 4 }\n\n[grid]")
 
 
 def test_a_cnn_cushions_sweep_gives_theorem_5_1_per_layer_and_net(write_spec, results, tmp_path):
     """Arora et al.'s Section 5 on CNNs: a row per run, step and layer (two convs and the
     head), whose first layer's cushion at the init is what core computes on the run's own
-    init; q is Theorem 5.1's, with beta^2 k^2 beside each conv layer's term; the kernels
-    Tensor-Project compresses hold the k asked for."""
+    init; q is Theorem 5.1's, with beta^2 k^2 beside each conv layer's term; a conv
+    layer Matrix-Project-Conv compresses keeps k p numbers, the head k."""
     from theoryscope.core.measures import conv_cushion
 
     spec = write_spec(CUSHIONED)
@@ -210,14 +210,16 @@ def test_a_cnn_cushions_sweep_gives_theorem_5_1_per_layer_and_net(write_spec, re
                     for r in mine)
         q = b["activation_contraction"] ** 2 * 3**2 * b["max_output_norm"] ** 2 * terms / b["margin"] ** 2
         assert b["effective_params"] == pytest.approx(q, rel=1e-9)
-        assert b["params"] == 27 + 81 + 120 and b["compressed_params"] == 20 + 81 + 60
+        assert b["params"] == 27 + 81 + 120 and b["compressed_params"] == 2 * 4 + 81 + 60
         assert [r["compressed"] for r in mine] == [True, False, True]
+        assert [r["compression_params"] for r in mine] == [8, 81, 60]
+        assert 0 < mine[0]["compression_layer_error"] and 0 < mine[0]["compression_expected_error"]
     report = invoke("report", "cnn", "--results", results, "--out", tmp_path / "report")
     assert report.exit_code == 0 and (tmp_path / "report" / "cushions.png").exists()
 
 
 def test_a_cnns_compression_k_counts_its_head(write_spec, results):
-    spec = write_spec(CUSHIONED.replace("[20, 0, 60]", "[20, 60]"))
+    spec = write_spec(CUSHIONED.replace("[2, 0, 60]", "[20, 60]"))
     line = one_line_error(invoke("plan", spec))
     assert "compression_k: a list of 2 integers (one per layer) needs every net to have depth 1 (its conv layers " \
            "and the head)" in line

@@ -16,8 +16,9 @@ Every value is an array ``[F]`` (or a plain number shared by the family), on the
 
 A CNN (``Layered.conv``) takes Theorem 5.1's form: each layer's term 1 / (mu_i^2 mu_{i->}^2)
 is multiplied by beta^2 ceil(kappa_i / s_i)^2, beta the well-distributed Jacobian
-(Definition 5.1, ``core.measures.conv_cushion``), kappa_i the kernel size and s_i the
-stride of layer i (the head: 1).
+(``core.measures.conv_cushion``), kappa_i the kernel size and s_i the stride of layer i
+(the head: 1), and its conv layers are compressed by Matrix-Project-Conv
+(``core.measures.conv_compression``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 
 from theoryscope.core import cnn, models
+from theoryscope.core.config.shapes import conv_shapes
+from theoryscope.core.measures import conv_cushion
 from theoryscope.core.measures.compression import (
-    CONV, DENSE, LinearMap, choose_helpers, compress, expected_relative_error, given_helpers, layer_output_error,
-    margin_loss, margins,
+    DENSE, LayerCompression, choose_helpers, compress, given_helpers, layer_output_error, margin_loss, margins,
 )
+from theoryscope.core.measures.conv_compression import ConvLayer
 from theoryscope.core.train import StackedData, member_losses
 
 Weights = list[torch.Tensor]
@@ -41,13 +44,14 @@ Weights = list[torch.Tensor]
 
 @dataclass(frozen=True)
 class Layered:
-    """A family as the bound sees it: its layers' weights A^1..A^L (what Matrix-Project
-    compresses), how each acts (``ops``), the outputs ``outputs(weights, x)`` on flat
-    inputs ``x [F, n, d]`` with those weights in place of A^1..A^L (biases kept), and
-    ``factors`` ``[F, L]``: what multiplies each layer's term of q (None: 1, Theorem 4.1)."""
+    """A family as the bound sees it: its layers' weights A^1..A^L (what the compression
+    replaces), how each is compressed (``kinds``), the outputs ``outputs(weights, x)`` on
+    flat inputs ``x [F, n, d]`` with those weights (or their compressed forms) in place of
+    A^1..A^L, biases kept, and ``factors`` ``[F, L]``: what multiplies each layer's term of
+    q (None: 1, Theorem 4.1)."""
 
     weights: Weights
-    ops: list[LinearMap]
+    kinds: list[LayerCompression]
     outputs: Callable[[Weights, torch.Tensor], torch.Tensor]
     factors: torch.Tensor | None = None
 
@@ -58,23 +62,26 @@ class Layered:
                        lambda w, x: models.forward(models.Params(w, params.biases), x, nonlinear))
 
     @staticmethod
-    def conv(params: cnn.ConvParams, pool: int, image: tuple[int, int, int], beta: torch.Tensor) -> Layered:
+    def conv(params: cnn.ConvParams, pool: int, image: tuple[int, int, int], beta: torch.Tensor,
+             independence: int) -> Layered:
         """A CNN of ``core.cnn`` on images of shape ``image``, with ``beta`` ``[F]`` its
         well-distributed Jacobian: Theorem 5.1's factor beta^2 k^2 per conv layer (stride 1),
-        beta^2 for the head."""
-        kernel = params.convs[0].shape[-1]
-        sizes = torch.tensor([kernel**2] * len(params.convs) + [1], dtype=beta.dtype, device=beta.device)
+        beta^2 for the head; conv layers compressed by Matrix-Project-Conv with
+        ``independence``-wise independent filters."""
+        depth, width, kernel = len(params.convs), params.convs[0].shape[1], params.convs[0].shape[-1]
+        blocks = conv_shapes(image, depth, kernel, pool, width).blocks
+        sizes = torch.tensor([kernel**2] * depth + [1], dtype=beta.dtype, device=beta.device)
 
         def outputs(w: Weights, x: torch.Tensor) -> torch.Tensor:
             net = cnn.ConvParams(w[:-1], w[-1], params.conv_biases, params.head_bias)
-            return cnn.forward(net, x.view(*x.shape[:-1], *image), pool)
+            return conv_cushion.forward_pass(net, x.view(*x.shape[:-1], *image), pool).xs[-1]
 
-        return Layered([*params.convs, params.head], [CONV] * len(params.convs) + [DENSE], outputs,
-                       beta.square().unsqueeze(-1) * sizes)
+        kinds = [ConvLayer(independence, b.map[0] * b.map[1]) for b in blocks]
+        return Layered([*params.convs, params.head], [*kinds, DENSE], outputs, beta.square().unsqueeze(-1) * sizes)
 
     def params(self) -> int:
         """Weights of one uncompressed member."""
-        return sum(op.entries(w) for w, op in zip(self.weights, self.ops))
+        return sum(kind.entries(w) for w, kind in zip(self.weights, self.kinds))
 
 
 def host(t: torch.Tensor) -> np.ndarray:
@@ -162,8 +169,8 @@ def helper_counts(net: Layered, inputs: list[torch.Tensor], plan: CompressionPla
     """Per layer ``[F]``: the helpers used (0: the layer is kept as it is) and those the
     target error needs (NaN when k is given)."""
     if plan.k is None:
-        return choose_helpers(net.weights, inputs, plan.eps, plan.max_k, net.ops)
-    used = given_helpers(net.weights, plan.k, net.ops)
+        return choose_helpers(net.weights, inputs, plan.eps, plan.max_k, net.kinds)
+    used = given_helpers(net.weights, plan.k, net.kinds)
     return used, [torch.full(u.shape, math.nan, dtype=inputs[0].dtype, device=u.device) for u in used]
 
 
@@ -181,26 +188,29 @@ def compressed_quantities(net: Layered, data: StackedData, x: torch.Tensor, inpu
     kept), the layers compressed, the target, and how the compressed net does
     (``_compressed_net``).
     """
-    w = net.weights
+    w, kinds = net.weights, net.kinds
     used, needed = helper_counts(net, inputs, plan)
-    small = compress(w, used, plan.seed)
+    small = compress(w, used, plan.seed, kinds)
     counts = torch.stack(used, dim=-1).to(x.dtype)  # [F, L]
     on = counts > 0
-    expected = torch.stack([expected_relative_error(a, z, u.clamp_min(1), op)
-                            for a, z, u, op in zip(w, inputs, used, net.ops)], -1)
-    measured = torch.stack([layer_output_error(a, s, z, op) for a, s, z, op in zip(w, small, inputs, net.ops)], -1)
-    sizes = torch.tensor([op.entries(a) for a, op in zip(w, net.ops)], dtype=x.dtype, device=x.device)
+    expected = torch.stack([kind.relative_error2(a, z, u.clamp_min(1)).sqrt().to(x.dtype)
+                            for a, z, u, kind in zip(w, inputs, used, kinds)], -1)
+    measured = torch.stack([layer_output_error(a, s, z, kind) for a, s, z, kind in zip(w, small, inputs, kinds)], -1)
+    sizes = torch.tensor([kind.entries(a) for a, kind in zip(w, kinds)], dtype=x.dtype, device=x.device)
+    stored = torch.stack([kind.stored(c) for kind, c in zip(kinds, counts.unbind(dim=-1))], dim=-1)
+    stored = torch.where(on, stored, sizes)  # [F, L]: the numbers each layer keeps
     most = counts.amax(dim=-1)
     layers = {
         "compression_k": host(torch.where(on, counts, math.nan)),
         "compression_k_needed": host(torch.stack(needed, dim=-1)),
         "compressed": flags(on),
+        "compression_params": host(stored),
         "compression_expected_error": host(torch.where(on, expected, 0.0)),
         "compression_layer_error": host(measured),
     }
     summary = {
         "compression_k": host(torch.where(most > 0, most, math.nan)),
-        "compressed_params": host(torch.where(on, counts, sizes).sum(dim=-1)),
+        "compressed_params": host(stored.sum(dim=-1)),
         "compressed_layers": host(on.sum(dim=-1).to(x.dtype)),
         "compression_target": plan.eps if plan.k is None else None,
     }

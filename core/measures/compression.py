@@ -22,73 +22,45 @@ margin loss plus sqrt(q / m) (up to log factors), with q the effective number of
 
     q = c^2 d^2 max_{x in S} ||f(x)||^2 sum_i 1 / (mu_i^2 mu_{i->}^2) / gamma^2.
 
-A convolutional layer (the paper's Section 5) is compressed the same way: its kernel
-tensor ``[C_out, C_in, k, k]`` is projected on helper tensors of its own shape (the
-paper's Tensor-Project is Matrix-Project of the kernel read as one vector), and each
-output coordinate (channel o, position p) is the bilinear form <A, e_o (x) patch_p(z)>,
-so the same variance summed over channels and positions gives the expected error of the
-layer's output (``CONV.variance``). Every function takes the layer kind as ``op``:
-``DENSE`` (a ``[out, in]`` matrix on vectors, the default) or ``CONV`` (kernels on maps).
+The functions that choose, apply and judge a compression per layer (``choose_helpers``,
+``given_helpers``, ``compress``, ``layer_output_error``) take each layer's kind as a
+``LayerCompression``: ``DENSE`` here (Matrix-Project of a matrix), or a convolution's
+``core.measures.conv_compression.ConvLayer`` (Matrix-Project-Conv, the paper's Algorithm 4).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
-from torch.nn import functional as nnf
 
-from theoryscope.core.measures.invertibility import conv
 from theoryscope.core.seeding import generator as named_generator
 
 Tensor = torch.Tensor
 
 
 def matrix_project(a: Tensor, k: int | Tensor, generator: torch.Generator, chunk: int = 64) -> Tensor:
-    """Â for ``a`` of shape ``[m, n]`` or ``[F, m, n]``, or a family of kernels
-    ``[F, C_out, C_in, k, k]`` (projected as one vector each: Tensor-Project). ``k`` is one
-    count, or one per member (``[F]``): member f uses the first k_f helpers of one shared
-    sequence (the helpers depend on the generator only), and a member with k_f = 0 keeps
-    A. Helpers are drawn ``chunk`` at a time on the CPU, always whole chunks, so the
-    sequence is the same whatever the counts."""
+    """Â for ``a`` of shape ``[m, n]`` or ``[F, m, n]``. ``k`` is one count, or one per
+    member (``[F]``): member f uses the first k_f helpers of one shared sequence (the
+    helpers depend on the generator only), and a member with k_f = 0 keeps A. Helpers are
+    drawn ``chunk`` at a time on the CPU, always whole chunks, so the sequence is the same
+    whatever the counts."""
     single = a.dim() == 2
     stacked = a.unsqueeze(0) if single else a
-    f, entries = stacked.shape[0], stacked[0].numel()
+    f, m, n = stacked.shape
     counts = torch.as_tensor(k, dtype=torch.int64).reshape(-1).expand(f).to(stacked.device)
-    flat = stacked.reshape(f, entries)
+    flat = stacked.reshape(f, m * n)
     total = torch.zeros_like(flat)
     for start in range(0, int(counts.max()), chunk):
-        helpers = random_signs(chunk * entries, generator).to(stacked).view(chunk, entries)
+        helpers = random_signs(chunk * m * n, generator).to(stacked).view(chunk, m * n)
         used = (start + torch.arange(chunk, device=stacked.device)) < counts.unsqueeze(-1)  # [F, chunk]
         coefficients = (flat @ helpers.T) * used  # <A, M_l> for the helpers member f uses
         total += coefficients @ helpers
     kept = (counts == 0).unsqueeze(-1)
     projected = torch.where(kept, flat, total / counts.clamp_min(1).unsqueeze(-1).to(flat.dtype)).view_as(stacked)
     return projected.squeeze(0) if single else projected
-
-
-@dataclass(frozen=True)
-class LinearMap:
-    """How one kind of layer acts, for the functions below: ``apply(a, z)`` gives the
-    outputs A z per vector, flattened, ``[..., s, outputs]``; ``variance(a, z)`` is k
-    times the expected squared error of Matrix-Project on them, ``[..., s]``; ``norms2(z)``
-    the squared norms of the vectors, ``[..., s]``; ``rank`` the dimensions of one
-    layer's A (2 for a matrix, 4 for a kernel), before which come any family's."""
-
-    apply: Callable[[Tensor, Tensor], Tensor]
-    variance: Callable[[Tensor, Tensor], Tensor]
-    norms2: Callable[[Tensor], Tensor]
-    rank: int
-
-    def entries(self, a: Tensor) -> int:
-        """The numbers one member's A holds (with as many helpers, no fewer are stored)."""
-        return math.prod(a.shape[-self.rank:])
-
-    def members(self, a: Tensor) -> torch.Size:
-        """The family's shape ahead of A's own dimensions (empty for a single layer)."""
-        return a.shape[:-self.rank]
 
 
 def projection_variance(a: Tensor, z: Tensor) -> Tensor:
@@ -106,71 +78,48 @@ def projection_variance(a: Tensor, z: Tensor) -> Tensor:
     return h_out * fro2 * z.square().sum(dim=-1) + az.square().sum(dim=-1) - 2 * cross.sum(dim=-1)
 
 
-def conv_projection_variance(a: Tensor, z: Tensor) -> Tensor:
-    """``projection_variance`` of a conv layer: kernels ``a [F, C_out, C_in, k, k]`` on maps
-    ``z [F, s, C_in, H, W]`` (stride 1, zero "same" padding) -> ``[F, s]``,
-
-        k E||(Â - A) z||^2 = C_out ||A||_F^2 sum_p ||patch_p(z)||^2 + ||A z||^2
-                             - 2 sum_(o, p) sum_e A_oe^2 patch_p(z)_e^2,
-
-    the bilinear variance with u (x) v = e_o (x) patch_p(z) summed over output channels o
-    and positions p. Both sums over patches are convolutions: of z^2 with a kernel of ones
-    (each pixel counted once per patch it falls in) and of z^2 with A^2."""
-    c_out, k = a.shape[1], a.shape[-1]
-    fro2 = a.square().flatten(start_dim=1).sum(dim=-1).unsqueeze(-1)  # [F, 1]
-    ones = torch.ones(1, 1, k, k, dtype=z.dtype, device=z.device)
-    z2 = z.square()
-    patches = nnf.conv2d(z2.sum(dim=2).flatten(end_dim=1).unsqueeze(1), ones, padding=k // 2)
-    patch_energy = patches.flatten(start_dim=1).sum(dim=-1).view(z.shape[:2])  # sum_p ||patch_p||^2
-    az2 = conv(a, z).square().flatten(start_dim=2).sum(dim=-1)
-    cross = conv(a.square(), z2).flatten(start_dim=2).sum(dim=-1)
-    return c_out * fro2 * patch_energy + az2 - 2 * cross
-
-
-DENSE = LinearMap(apply=lambda a, z: z @ a.mT, variance=projection_variance,
-                  norms2=lambda z: z.square().sum(dim=-1), rank=2)
-# A family's kernels [F, C_out, C_in, k, k] on maps [F, s, C_in, H, W].
-CONV = LinearMap(apply=lambda a, z: conv(a, z).flatten(start_dim=2), variance=conv_projection_variance,
-                 norms2=lambda z: z.square().flatten(start_dim=2).sum(dim=-1), rank=4)
-
-
-def relative_variance(a: Tensor, z: Tensor, op: LinearMap = DENSE) -> Tensor:
+def relative_variance(a: Tensor, z: Tensor) -> Tensor:
     """k times the expected mean-square relative error over the vectors z,
     mean_s k E||(Â - A) z_s||^2 / ||A z_s||^2, ``[...]``; infinite where some A z_s = 0
     with z_s != 0. A vector z_s = 0 (a sample whose ReLU zeroed the layer's input) is
     reproduced exactly by any Â and is left out of the mean."""
-    az2 = op.apply(a, z).square().sum(dim=-1)
-    ratio = torch.where(az2 > 0, op.variance(a, z) / az2, math.inf)
-    return _over_nonzero(ratio, op.norms2(z))
+    az2 = (z @ a.mT).square().sum(dim=-1)
+    ratio = torch.where(az2 > 0, projection_variance(a, z) / az2, math.inf)
+    return _over_nonzero(ratio, z)
 
 
-def _over_nonzero(per_vector: Tensor, norms2: Tensor) -> Tensor:
-    """The mean of ``per_vector [..., s]`` over the vectors z_s that are not zero
-    (``norms2`` their squared norms)."""
-    return per_vector.masked_fill(norms2 == 0, math.nan).nanmean(dim=-1)
+def _over_nonzero(per_vector: Tensor, z: Tensor) -> Tensor:
+    """The mean of ``per_vector [..., s]`` over the vectors z_s that are not zero."""
+    return per_vector.masked_fill(z.square().sum(dim=-1) == 0, math.nan).nanmean(dim=-1)
 
 
-def expected_relative_error(a: Tensor, z: Tensor, k: Tensor | int, op: LinearMap = DENSE) -> Tensor:
+def expected_relative_error(a: Tensor, z: Tensor, k: Tensor | int) -> Tensor:
     """The RMS over the vectors z of the relative error ||(Â - A) z|| / ||A z|| in
     expectation over the helpers, sqrt(relative_variance / k)."""
-    return torch.sqrt(relative_variance(a, z, op) / k)
+    return torch.sqrt(relative_variance(a, z) / k)
 
 
-def helpers_for_error(a: Tensor, z: Tensor, eps: float, op: LinearMap = DENSE) -> Tensor:
+def helpers_for_error(a: Tensor, z: Tensor, eps: float) -> Tensor:
     """The smallest k whose expected mean-square relative error over z is at most eps^2,
     ceil(relative_variance / eps^2), as floats (infinite where no k reaches it). With
     mu = ||A z|| / (||A||_F ||z||) the layer cushion (Definition 4.1), k is about
     h_out / (mu^2 eps^2): large cushions give small k. (Theorem 4.1's count q, with
     1 / (mu_i^2 mu_{i->}^2) per layer, also holds the interlayer cushion because it aims
     at the error of the net's output; a target for each layer's own output needs mu_i.)"""
-    return torch.ceil(relative_variance(a, z, op) / eps**2 - 1e-9)
+    return torch.ceil(relative_variance(a, z) / eps**2 - 1e-9)
 
 
-def layer_output_error(a: Tensor, projected: Tensor, z: Tensor, op: LinearMap = DENSE) -> Tensor:
+def layer_output_error(a: Tensor, projected: Tensor, z: Tensor, kind: LayerCompression | None = None) -> Tensor:
     """The RMS over the vectors z of ||(Â - A) z|| / ||A z||: one draw's relative error of
-    a layer's output, the measured counterpart of ``expected_relative_error``."""
-    rel = (op.apply(projected - a, z).norm(dim=-1) / op.apply(a, z).norm(dim=-1)).square()
-    return _over_nonzero(rel, op.norms2(z)).sqrt()
+    a layer's output (``kind``'s; default dense), the measured counterpart of
+    ``expected_relative_error``. Vectors (or maps) z = 0 are left out."""
+    kind = kind or DENSE
+    exact = kind.apply(a, z)
+    start = z.dim() - kind.input_rank  # where one vector's (map's) dimensions begin
+    moved = (kind.apply_projected(projected, z) - exact).flatten(start_dim=start).norm(dim=-1)
+    rel = (moved / exact.flatten(start_dim=start).norm(dim=-1)).square()
+    zero = z.flatten(start_dim=start).square().sum(dim=-1) == 0
+    return rel.masked_fill(zero, math.nan).nanmean(dim=-1).sqrt()
 
 
 def random_signs(count: int, generator: torch.Generator) -> Tensor:
@@ -181,15 +130,16 @@ def random_signs(count: int, generator: torch.Generator) -> Tensor:
     return bits.view(-1)[:count].to(torch.int8) * 2 - 1
 
 
-def compress(weights: Sequence[Tensor], k: int | Sequence[int | Tensor], seed: int) -> list[Tensor]:
-    """Matrix-Project every layer with helpers of its own, drawn from ``seed``: ``k`` one
-    count for every layer, or one per layer (an integer, or one per member ``[F]``); a
-    count of 0 keeps the layer as it is."""
+def compress(weights: Sequence[Tensor], k: int | Sequence[int | Tensor], seed: int,
+             kinds: Sequence[LayerCompression] | None = None) -> list[Tensor]:
+    """Compress every layer (Matrix-Project, or each layer's ``kinds``) with helpers of its
+    own, drawn from ``seed``: ``k`` one count for every layer, or one per layer (an
+    integer, or one per member ``[F]``); a count of 0 keeps the layer as it is."""
     counts = [k] * len(weights) if isinstance(k, int) else list(k)
     if len(counts) != len(weights):
         raise ValueError(f"need one helper count per layer ({len(weights)}), got {len(counts)}")
-    return [matrix_project(w, c, named_generator(seed, "matrix-project", layer))
-            for layer, (w, c) in enumerate(zip(weights, counts), start=1)]
+    return [kind.project(w, c, seed, layer)
+            for layer, (w, c, kind) in enumerate(zip(weights, counts, kinds or [DENSE] * len(weights)), start=1)]
 
 
 def margins(outputs: Tensor, labels: Tensor) -> Tensor:
@@ -213,26 +163,98 @@ def effective_params(c: float, depth: int, max_output_norm: float, mu: Sequence[
     return c**2 * depth**2 * max_output_norm**2 * total / gamma**2
 
 
-def choose_helpers(weights: Sequence[Tensor], inputs: Sequence[Tensor], eps: float,
-                   max_k: int, ops: Sequence[LinearMap] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+class LayerCompression(Protocol):
+    """How one kind of layer is compressed, for the functions below. ``a`` is a layer's
+    A (a family's: ``[F, ...]``, or one net's for ``DENSE``) and ``z`` its inputs on the
+    samples; ``k`` helpers, one count or one per member. ``rank``: the dimensions of one
+    member's A; ``input_rank``: of one input vector (or map)."""
+
+    rank: int
+    input_rank: int
+
+    def apply(self, a: Tensor, z: Tensor) -> Tensor:
+        """A z, ``[..., s, *outputs]``."""
+
+    def entries(self, a: Tensor) -> int:
+        """The numbers one member's A holds."""
+
+    def max_helpers(self, a: Tensor) -> int:
+        """The most helpers that store fewer numbers than A holds."""
+
+    def stored(self, k: Tensor) -> Tensor:
+        """The numbers k helpers store (with the seed of the helpers)."""
+
+    def relative_error2(self, a: Tensor, z: Tensor, k: Tensor | int) -> Tensor:
+        """The expected mean-square relative error of the layer's output over z, ``[F]``."""
+
+    def helpers_for_error(self, a: Tensor, z: Tensor, eps: float) -> Tensor:
+        """The least k whose ``relative_error2`` is at most eps^2, ``[F]`` (floats)."""
+
+    def project(self, a: Tensor, k: Tensor | int, seed: int, layer: int) -> Tensor:
+        """The compressed layer, from helpers named by ``seed`` and ``layer``."""
+
+    def apply_projected(self, projected: Tensor, z: Tensor) -> Tensor:
+        """The compressed layer's outputs on z, as ``apply``'s."""
+
+
+class DenseLayer:
+    """A fully connected layer ``[out, in]`` on vectors: Matrix-Project."""
+
+    rank = 2
+    input_rank = 1
+
+    def apply(self, a: Tensor, z: Tensor) -> Tensor:
+        return z @ a.mT
+
+    def entries(self, a: Tensor) -> int:
+        return a.shape[-1] * a.shape[-2]
+
+    def max_helpers(self, a: Tensor) -> int:
+        return self.entries(a) - 1
+
+    def stored(self, k: Tensor) -> Tensor:
+        return k
+
+    def relative_error2(self, a: Tensor, z: Tensor, k: Tensor | int) -> Tensor:
+        return relative_variance(a, z) / k
+
+    def helpers_for_error(self, a: Tensor, z: Tensor, eps: float) -> Tensor:
+        return helpers_for_error(a, z, eps)
+
+    def project(self, a: Tensor, k: Tensor | int, seed: int, layer: int) -> Tensor:
+        return matrix_project(a, k, named_generator(seed, "matrix-project", layer))
+
+    def apply_projected(self, projected: Tensor, z: Tensor) -> Tensor:
+        return self.apply(projected, z)
+
+
+DENSE = DenseLayer()
+
+
+def choose_helpers(weights: Sequence[Tensor], inputs: Sequence[Tensor], eps: float, max_k: int,
+                   kinds: Sequence[LayerCompression] | None = None) -> tuple[list[Tensor], list[Tensor]]:
     """Per layer, the helper counts from a target error (``helpers_for_error``): ``[F]``
     counts used (0: the layer is kept as it is) and ``[F]`` counts the target needs. A
-    layer is compressed only when it needs fewer helpers than A has entries (with as
-    many, the k numbers are no fewer than A's entries) and at most ``max_k`` (each helper
-    costs as many sign draws as A has entries). ``inputs[i]`` is phi(x^{i-1}) on the
-    samples; ``ops`` the layers' kinds (default: all dense)."""
+    layer is compressed only when its k helpers store fewer numbers than A has (a dense
+    layer: fewer than fan_in * fan_out helpers) and k is at most ``max_k`` (each helper
+    costs as many random numbers as A has entries). ``inputs[i]`` is phi(x^{i-1}) on the
+    samples; ``kinds`` the layers' (default: all dense)."""
     used, needed = [], []
-    for w, z, op in zip(weights, inputs, ops or [DENSE] * len(weights)):
-        need = helpers_for_error(w, z, eps, op).clamp_min(1)
-        cap = min(max_k, op.entries(w) - 1)
+    for w, z, kind in zip(weights, inputs, kinds or [DENSE] * len(weights)):
+        need = kind.helpers_for_error(w, z, eps).clamp_min(1)
+        cap = min(max_k, kind.max_helpers(w))
         used.append(torch.where(need <= cap, need, 0).to(torch.int64))
         needed.append(need)
     return used, needed
 
 
-def given_helpers(weights: Sequence[Tensor], k: Sequence[int], ops: Sequence[LinearMap] | None = None
+def given_helpers(weights: Sequence[Tensor], k: Sequence[int], kinds: Sequence[LayerCompression] | None = None
                   ) -> list[Tensor]:
-    """Per layer ``[F]`` counts from one given k per layer; a layer with k = 0 or k at
-    least its entries is kept as it is (no fewer numbers than A's entries)."""
-    return [torch.full(op.members(w), c if 0 < c < op.entries(w) else 0, dtype=torch.int64, device=w.device)
-            for w, c, op in zip(weights, k, ops or [DENSE] * len(weights))]
+    """Per layer ``[F]`` counts from one given k per layer (``weights`` a family's, or a
+    dense net's without F); a layer with k = 0, or whose k helpers would store no fewer
+    numbers than A holds, is kept as it is."""
+    counts = []
+    for w, c, kind in zip(weights, k, kinds or [DENSE] * len(weights)):
+        counts.append(torch.full(w.shape[:w.dim() - kind.rank], c if 0 < c <= kind.max_helpers(w) else 0, dtype=torch.int64,
+                                 device=w.device))
+    return counts

@@ -1,6 +1,6 @@
 """Noise stability of CNNs: the quantities of Arora, Ge, Neyshabur & Zhang, "Stronger
-generalization bounds for deep nets via a compression approach" (ICML 2018), Section 5,
-on the CNNs of ``core.cnn``.
+generalization bounds for deep nets via a compression approach" (ICML 2018), Section 5
+and Appendix C (definitions numbered as in arXiv:1802.05296v4), on the CNNs of ``core.cnn``.
 
 The paper's notation, with the layers numbered as it numbers them: layer i = 1..D is conv
 block i and layer L = D + 1 the linear head. x^0 is the image, x^i = A^i phi(x^{i-1})
@@ -8,18 +8,18 @@ block i and layer L = D + 1 the linear head. x^0 is the image, x^i = A^i phi(x^{
 outputs), and phi(x^i) = maxpool(ReLU(x^i)), phi(x^0) := x^0. Pooling is read as part of
 the activation: like the ReLU it is piecewise linear, so the Jacobian J^{i,j}_{x^i} of
 x^i -> x^j is the product of the convolutions with the ReLU masks and the pooling
-switches recorded at x, exact per sample. With that reading Section 4's definitions hold
-as written:
+switches recorded at x, exact per sample. (The paper's CNNs have no pooling.) Then:
 
-* layer cushion mu_i: ``||A^i phi(x^{i-1})|| / (||A^i||_F ||phi(x^{i-1})||)`` with
-  ``||A^i||_F`` the Frobenius norm of the kernel tensor, the numbers Tensor-Project
-  compresses and in whose terms Section 5 bounds the error (the convolution's matrix has
-  a norm about sqrt(H_i W_i) times larger);
-* interlayer cushion, activation contraction and interlayer smoothness: Definitions 4.2
-  to 4.4 with J the whole Jacobian (all channels and positions);
-* the well-distributed Jacobian of Definition 5.1: the least beta with
+* layer cushion mu_i (Definition 4): ``||A^i phi(x^{i-1})|| / (||A^i||_F ||phi(x^{i-1})||)``
+  with ``||A^i||_F`` the Frobenius norm of the kernel tensor, in whose terms Appendix C
+  bounds a compressed layer's error (the convolution's matrix has a norm about
+  sqrt(H_i W_i) times larger);
+* interlayer cushion (Definition 8, the convolution setting): ``sqrt(H_i W_i) ||J x^i|| /
+  (||J||_F ||x^i||)`` with J the whole Jacobian, and mu_{i,i} = 1/sqrt(C_i);
+* activation contraction and interlayer smoothness: Definitions 6 and 7 as written;
+* the well-distributed Jacobian of Definition 9: the least beta with
   ``||J^{i,j}_x[:, :, p]||_F <= beta ||J^{i,j}_x||_F / sqrt(H_i W_i)`` for every sample x,
-  every j >= i and every position p of x^i (the paper's n x n maps: beta / n), where
+  every j >= i and every position p of x^i (the paper's sqrt(n_1 n_2)), where
   ``J[:, :, p]`` holds the columns of position p over all channels. beta = 1 when every
   position carries the same share (J^{i,i} = I gives exactly 1) and grows when a few
   positions carry the Jacobian. The head's output has one position: beta 1.
@@ -44,6 +44,7 @@ import torch
 from torch.nn import functional as nnf
 
 from theoryscope.core.cnn import ConvParams
+from theoryscope.core.measures.conv_compression import conv_per_position
 from theoryscope.core.measures.conv_spectral import conv_spectral_norm
 from theoryscope.core.measures.cushion import (
     JACOBIAN_BUDGET, SMOOTHNESS_BUDGET, unconstrained_inf, unit_noise,
@@ -91,9 +92,12 @@ def _relu_pool(x: Tensor, pool: int) -> tuple[Tensor, Tensor]:
 
 
 def _apply(params: ConvParams, i: int, z: Tensor) -> Tensor:
-    """A^i z, no bias, for z ``[F, m, ...]`` living where layer i's input lives."""
+    """A^i z, no bias, for z ``[F, m, ...]`` living where layer i's input lives. A conv
+    layer given as one filter per output position ``[F, H W, C_out, C_in, k, k]`` (the net
+    compressed by Matrix-Project-Conv) applies each at its own position."""
     if i <= len(params.convs):
-        return conv(params.convs[i - 1], z)
+        w = params.convs[i - 1]
+        return conv_per_position(w, z) if w.dim() == 6 else conv(w, z)
     return torch.bmm(z.flatten(start_dim=2), params.head.transpose(1, 2))
 
 
@@ -268,23 +272,27 @@ def _column_norms2(params: ConvParams, k: int, size: tuple[int, int]) -> Tensor:
 
 
 def interlayer_cushions(params: ConvParams, cp: ConvPass, sums: JacobianSums | None = None) -> Tensor:
-    """Per layer and sample, ``[F, L, n]``: min(1/sqrt(h^i), min_{i<j<=L} ||J^{i,j} x^i|| /
-    (||J^{i,j}||_F ||x^i||)), h^i the size of x^i; its minimum over the samples is the
-    paper's mu_{i->}."""
+    """Per layer and sample, ``[F, L, n]``: Definition 8's min(1/sqrt(h^i), min_{i<j<=L}
+    sqrt(n^i) ||J^{i,j} x^i|| / (||J^{i,j}||_F ||x^i||)), with h^i the channels and n^i =
+    H_i W_i the positions of x^i (the head's output: its size, one position). Its minimum
+    over the samples is the paper's mu_{i->}. (Noise independent across pixels would give
+    ||J eta|| ~ ||J||_F ||eta|| / sqrt(h^i n^i), whence the sqrt(n^i) against Definition 5.)"""
     sums = sums or jacobian_sums(params, cp)
     rows = []
     for i in range(1, cp.layers + 1):
-        best = torch.full(cp.xs[0].shape[:2], 1 / math.sqrt(math.prod(cp.shape(i))), dtype=cp.xs[0].dtype,
-                          device=cp.xs[0].device)
+        shape = cp.shape(i)
+        positions = math.prod(shape[1:])
+        best = torch.full(cp.xs[0].shape[:2], 1 / math.sqrt(shape[0]), dtype=cp.xs[0].dtype, device=cp.xs[0].device)
         for j in range(i + 1, cp.layers + 1):
-            ratio = unconstrained_inf(sums.image2[i, j].sqrt(), sums.frobenius2[i, j].sqrt() * _norms(cp.xs[i]))
+            ratio = unconstrained_inf(math.sqrt(positions) * sums.image2[i, j].sqrt(),
+                                      sums.frobenius2[i, j].sqrt() * _norms(cp.xs[i]))
             best = torch.minimum(best, ratio)
         rows.append(best)
     return torch.stack(rows, dim=1)
 
 
 def jacobian_spread(params: ConvParams, cp: ConvPass, sums: JacobianSums | None = None) -> Tensor:
-    """Per layer and sample, ``[F, L, n]``: the least beta of Definition 5.1 at that sample,
+    """Per layer and sample, ``[F, L, n]``: the least beta of Definition 9 at that sample,
     max over j >= i of sqrt(H_i W_i max_p ||J^{i,j}[:, :, p]||_F^2 / ||J^{i,j}||_F^2)
     (1 from J^{i,i} = I; a zero Jacobian does not constrain). The paper's beta is the
     maximum over samples (and layers). The head's output has one position: 1."""

@@ -66,6 +66,10 @@ class CushionSpec:
     # Most helpers a layer gets from the target (each costs fan_in * fan_out sign draws);
     # a layer that needs more is kept as it is.
     compression_max_k: int = 4096
+    # CNNs: Matrix-Project-Conv's p, the independence of the filters it draws for the
+    # output positions (the paper's p = log(1/eta)); a conv layer with k helpers stores k p
+    # numbers.
+    compression_p: int = 10
     # Interlayer smoothness: perturbation size relative to ||x^i||, noise draws (each one
     # event over all samples and layers; at least 1/delta for the quantile to mean much),
     # and the delta of rho_delta.
@@ -91,6 +95,7 @@ class CushionSpec:
         require(is_finite(self.compression_error) and self.compression_error > 0, "compression_error",
                  "a number > 0", self.compression_error)
         require(self.compression_max_k >= 1, "compression_max_k", "an integer >= 1", self.compression_max_k)
+        require(self.compression_p >= 1, "compression_p", "an integer >= 1", self.compression_p)
         for name in ("noise_scale", "attenuation_noise"):
             require(is_finite(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0",
                      getattr(self, name))
@@ -152,13 +157,14 @@ LAYERS = pa.schema([
     ("interlayer_smoothness", pa.float64()),  # rho_delta of layer i alone (all samples per draw); null last
     ("interlayer_smoothness_pooled", pa.float64()),  # delta-quantile over samples x draws pooled; null last
     ("noise_attenuation", pa.float64()),      # output change from noise attenuation_noise ||x^i|| at layer i
-    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 5.1 at layer i (max over j, samples)
+    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 9 (arXiv v4) at layer i (max over j, samples)
     ("frobenius_norm", pa.float64()),         # a conv layer: of its kernel tensor
     ("spectral_norm", pa.float64()),          # a conv layer: of the convolution, circular padding (FFT)
     ("stable_rank", pa.float64()),            # of the operator: ||A||_F^2 / ||A||_2^2
     ("compression_k", pa.int64()),            # Matrix-Project helpers; null where the layer is kept
     ("compression_k_needed", pa.float64()),   # helpers the target error needs (null with a given k)
-    ("compressed", pa.bool_()),               # whether Matrix-Project replaced the layer
+    ("compressed", pa.bool_()),               # whether Matrix-Project(-Conv) replaced the layer
+    ("compression_params", pa.int64()),       # numbers the layer keeps: k (k p for a conv), its entries if kept
     ("compression_expected_error", pa.float64()),  # closed-form RMS relative error of the layer's output
     ("compression_layer_error", pa.float64()),  # measured, with only this layer compressed
 ])
@@ -188,7 +194,7 @@ BOUNDS = pa.schema([
     ("activation_contraction", pa.float64()),  # c, the maximum over layers
     ("max_output_norm", pa.float64()),        # max over the training set of ||f(x)||
     ("effective_params", pa.float64()),       # q of Theorem 4.1 (of Theorem 5.1 for a CNN)
-    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 5.1, the maximum over layers
+    ("jacobian_spread", pa.float64()),        # CNNs: beta of Definition 9 (arXiv v4), the maximum over layers
     ("params", pa.int64()),                   # weights of the uncompressed net
     ("bound", pa.float64()),                  # bound_formula where every premise holds, else null
     ("bound_formula", pa.float64()),          # margin_loss + sqrt(q / n_train), log factors dropped
@@ -201,7 +207,7 @@ BOUNDS = pa.schema([
     ("test_error", pa.float64()),
     ("gen_gap", pa.float64()),
     ("compression_k", pa.int64()),            # most Matrix-Project helpers of a layer
-    ("compressed_params", pa.int64()),        # sum of k_i (fan_in * fan_out for a layer kept)
+    ("compressed_params", pa.int64()),        # sum of the layers' compression_params
     ("compressed_layers", pa.int64()),        # layers Matrix-Project replaced
     ("compression_target", pa.float64()),     # the per-layer target error (null with a given k)
     ("compression_error", pa.float64()),      # median ||f_hat(x) - f(x)|| / ||f(x)||
@@ -263,7 +269,7 @@ class Stability:
     norms: dict[str, torch.Tensor]
     net: Layered
     inputs: list[torch.Tensor]
-    spread: torch.Tensor | None = None  # CNNs: beta of Definition 5.1 per layer and sample [F, L, n]
+    spread: torch.Tensor | None = None  # CNNs: beta of Definition 9 (arXiv v4) per layer and sample [F, L, n]
 
 
 def dense_stability(opts: CushionSpec, params: models.Params, x: torch.Tensor, nonlinear: bool,
@@ -312,7 +318,7 @@ def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, i
         attenuation=conv.noise_attenuation(params, passed, generator(opts.seed, "attenuation", step),
                                            opts.attenuation_noise),
         norms=conv.weight_norms(params, passed),
-        net=Layered.conv(params, pool, image, spread.amax(dim=-1).amax(dim=-1)),
+        net=Layered.conv(params, pool, image, spread.amax(dim=-1).amax(dim=-1), opts.compression_p),
         inputs=[*passed.phis[:-1], passed.phis[-1].flatten(start_dim=2)],  # the head reads flat features
         spread=spread)
 
