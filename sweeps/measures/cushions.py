@@ -8,7 +8,9 @@ cushions, contraction, smoothness, noise attenuation, norms and Matrix-Project h
 compressed net beside it (``bounds``, one row per member), and the attenuation curve of
 the paper's Figure 1 (``attenuation``, one row per pair of layers). All of it is computed
 stacked over the family by ``core.measures.cushion``, ``core.measures.bound`` and
-``core.measures.compression``.
+``core.measures.compression``; for a CNN (the paper's Section 5: Theorem 5.1, the
+well-distributed Jacobian, Matrix-Project-Conv) by ``core.measures.conv_cushion`` and
+``core.measures.conv_compression``.
 """
 
 from __future__ import annotations
@@ -258,9 +260,10 @@ def measured_samples(opts: CushionSpec, data: StackedData) -> torch.Tensor:
 @dataclass
 class Stability:
     """What ``measure_step`` needs of a family at one step, from an MLP's or a CNN's
-    measures: per-sample ``layer_cushion`` and ``interlayer_cushion`` ``[F, L, n]``, the contraction ``[F, L-1]``, the smoothness ratios
-    ``[F, L-1, n, draws]``, the attenuation ``[F, L-1, L]``, the weight norms ``[F, L]``,
-    the family as the bound sees it and every layer's input phi(x^{i-1}) on the samples."""
+    measures: per-sample ``layer_cushion`` and ``interlayer_cushion`` ``[F, L, n]``, the
+    contraction ``[F, L-1]``, the smoothness ratios ``[F, L-1, n, draws]``, the
+    attenuation ``[F, L-1, L]``, the weight norms ``[F, L]``, the family as the bound sees
+    it and every layer's input phi(x^{i-1}) on the samples."""
 
     per_sample: dict[str, torch.Tensor]
     contraction: torch.Tensor
