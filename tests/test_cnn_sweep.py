@@ -225,3 +225,16 @@ def test_a_cnns_compression_k_counts_its_head(write_spec, results):
            "and the head)" in line
     mixed = write_spec(CUSHIONED.replace("depth = [2]", 'depth = [2]\n"model.kind" = ["mlp", "cnn"]'), name="mixed.toml")
     assert "and [grid] sweeps model.kind over CNNs and MLPs" in one_line_error(invoke("plan", mixed))
+
+
+def test_the_cushions_figure_says_which_layers_are_convs_and_which_the_head():
+    from theoryscope.sweeps.measures.cushions import draw_cushions
+
+    rows = [{"depth": d, "label_noise": n, "layer": layer, "kernel_size": None if layer == d + 1 else 3,
+             "layer_cushion": 0.5} for d in (1, 2) for n in (0.0, 0.4) for layer in range(1, d + 2)]
+    fig = draw_cushions(rows, ("depth", "label_noise"))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["layer 1 (conv)", "layer 2 (conv or head)", "layer 3 (head)"]
+    dense = [dict(r, kernel_size=None) for r in rows]
+    assert [ax.get_title() for ax in draw_cushions(dense, ("depth", "label_noise")).axes
+            if ax.get_visible() and ax.get_title()] == ["layer 1", "layer 2", "layer 3"]

@@ -414,10 +414,19 @@ def snapshot_steps(opts: CushionSpec, run: RunSpec) -> set[int]:
     return {s for s in opts.steps if s <= run.train.steps} | {run.train.steps}
 
 
+def layer_title(rows: Rows, layer: int) -> str:
+    """"layer i", and for CNNs what layer i is: a conv, the head, or by depth either."""
+    heads = {r["kernel_size"] is None for r in rows if r["layer"] == layer}
+    if all(r["kernel_size"] is None for r in rows):  # an MLP sweep: every layer is dense
+        return f"layer {layer}"
+    return f"layer {layer} ({'head' if heads == {True} else 'conv' if heads == {False} else 'conv or head'})"
+
+
 def draw_cushions(rows: Rows, swept: Sequence[str]):
     """Layer cushion of every run after training (the paper's minimum over samples) against
     label noise, one panel per layer and value of the swept fields not drawn as lines; a
-    line per width (or depth, else the first other swept field) joins the means over seeds."""
+    line per width (or depth, else the first other swept field) joins the means over seeds.
+    A CNN's panels say whether the layer is a conv or the head."""
     rows = [r for r in rows if r["layer_cushion"] is not None]
     if not rows:
         return None
@@ -440,7 +449,7 @@ def draw_cushions(rows: Rows, swept: Sequence[str]):
             ax.plot(noises, means, label=shape.line_label(line), **style)
         ax.set_xlabel("label noise")
         ax.set_ylabel("layer cushion μ_i")
-        ax.set_title(", ".join(t for t in (f"layer {layer}", shape.panel_title(key)) if t), fontsize=9)
+        ax.set_title(", ".join(t for t in (layer_title(rows, layer), shape.panel_title(key)) if t), fontsize=9)
     shared_legend(fig)
     note(fig, "dots: runs; lines: their means over seeds", shape.held_note())
     return fig
@@ -506,7 +515,8 @@ MEASURE = Measure(
     models=frozenset({ModelKind.MLP, ModelKind.LINEAR, ModelKind.CNN}),
     figures=(
         Figure("cushions", "Layer cushions against label noise",
-               "SELECT {fields}r.label_noise, l.layer, l.layer_cushion FROM layers l JOIN runs r USING (sweep, run_id) "
+               "SELECT {fields}r.label_noise, l.layer, l.kernel_size, l.layer_cushion FROM layers l "
+               "JOIN runs r USING (sweep, run_id) "
                "WHERE l.sweep = {sweep} AND l.step = r.steps", draw_cushions,
                "The layer cushion μ_i (Arora et al. 2018) of every run after training (dots) and its mean over "
                "seeds (lines), per layer and label noise, one line per width (or depth), one panel per layer and "
