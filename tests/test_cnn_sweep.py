@@ -238,3 +238,17 @@ def test_the_cushions_figure_says_which_layers_are_convs_and_which_the_head():
     dense = [dict(r, kernel_size=None) for r in rows]
     assert [ax.get_title() for ax in draw_cushions(dense, ("depth", "label_noise")).axes
             if ax.get_visible() and ax.get_title()] == ["layer 1", "layer 2", "layer 3"]
+
+
+def test_cushions_that_would_hold_too_many_maps_are_refused_with_the_max_samples_that_fit(monkeypatch):
+    """Per measured sample a depth-2, width-3 CNN on the digits holds 64 + 3 (64 + 16) +
+    3 (16 + 4) = 364 numbers (float64 here): 60 samples are 174,720 bytes."""
+    from theoryscope.core.errors import SpecError
+    from theoryscope.sweeps.measures import cushions
+
+    monkeypatch.setattr(cushions, "CONV_MAPS_BYTES", 100_000)
+    with pytest.raises(SpecError, match=r"measure\.cushions: a CNN's measures hold every layer's maps for the 60 "
+                                        r"measured samples, 0\.0 GiB per net at depth 2, width 3; set "
+                                        r"measure\.cushions\.max_samples to at most 34"):
+        parse_spec(CUSHIONED.replace("max_samples = 16, ", ""))
+    assert parse_spec(CUSHIONED.replace("max_samples = 16", "max_samples = 34")).measure.cushions.max_samples == 34

@@ -40,6 +40,7 @@ from theoryscope.core.measures.conv_compression import ConvLayer
 from theoryscope.core.train import StackedData, member_losses
 
 Weights = list[torch.Tensor]
+OUTPUT_BLOCK = 256  # samples a CNN's (compressed) outputs are computed for at once
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,12 @@ class Layered:
         sizes = torch.tensor([kernel**2] * depth + [1], dtype=beta.dtype, device=beta.device)
 
         def outputs(w: Weights, x: torch.Tensor) -> torch.Tensor:
+            """In blocks of samples: a compressed layer's per-position filters unfold every
+            patch of its input."""
             net = cnn.ConvParams(w[:-1], w[-1], params.conv_biases, params.head_bias)
-            return conv_cushion.forward_pass(net, x.view(*x.shape[:-1], *image), pool).xs[-1]
+            images = x.view(*x.shape[:-1], *image)
+            return torch.cat([conv_cushion.forward_pass(net, images[:, start:start + OUTPUT_BLOCK], pool).xs[-1]
+                              for start in range(0, images.shape[1], OUTPUT_BLOCK)], dim=1)
 
         kinds = [ConvLayer(independence, b.map[0] * b.map[1]) for b in blocks]
         return Layered([*params.convs, params.head], [*kinds, DENSE], outputs, beta.square().unsqueeze(-1) * sizes)

@@ -223,7 +223,8 @@ def jacobian_sums(params: ConvParams, cp: ConvPass) -> JacobianSums:
             for first in range(0, rows, chunk_rows):
                 r = min(rows, first + chunk_rows) - first
                 g = cp.xs[0].new_zeros(f, s, r, rows)
-                g[:, :, torch.arange(r), first + torch.arange(r)] = 1.0
+                rows_here = torch.arange(r, device=g.device)
+                g[:, :, rows_here, first + rows_here] = 1.0
                 g = g.view(f, s, r, *cp.shape(j))
                 for i in range(j - 1, 0, -1):
                     g = _linear_step_transpose(params, cp, i, g, samples)

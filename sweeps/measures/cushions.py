@@ -15,6 +15,7 @@ well-distributed Jacobian, Matrix-Project-Conv) by ``core.measures.conv_cushion`
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from theoryscope.core.config import Choice, ModelKind, RunSpec, is_finite, require
+from theoryscope.core.config import REAL_DATA, Choice, DataKind, ModelKind, RunSpec, is_finite, require
+from theoryscope.core.config.shapes import conv_shapes
 from theoryscope.core.errors import SpecError
 from theoryscope.sweeps.figures import Figure
 from theoryscope.sweeps.panels import (
@@ -119,6 +121,49 @@ class CushionSpec:
                             f"net of {layers} layers), got {list(k)!r}")
         given = (k,) * layers if isinstance(k, int) else k or None
         return CompressionPlan(given, self.compression_error, self.compression_max_k, self.seed)
+
+
+def check_cushions(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
+    """What the options need of the sweep: ``check_compression`` and ``check_conv_maps``."""
+    check_compression(opts, grid, base)
+    check_conv_maps(opts, grid, base)
+
+
+# Most bytes of maps a CNN's cushions hold per net: every layer's output and activation for
+# every measured sample (a family holds this per member).
+CONV_MAPS_BYTES = 1 << 30
+
+
+def check_conv_maps(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
+    """A CNN's cushions hold every layer's maps for all the measured samples: refused, with
+    the ``max_samples`` that would fit, where a net of the sweep would hold more than
+    ``CONV_MAPS_BYTES`` (e.g. all 60,000 MNIST images)."""
+    swept = dict(grid)
+    if ModelKind.CNN not in {ModelKind(k) for k in swept.get("model.kind", (base.model.kind,))}:
+        return
+    count = "data.n_train" if opts.samples is Samples.TRAIN else "data.n_test"
+    fields = ("data.kind", "model.depth", "model.width", "model.kernel_size", "model.pool", count)
+    worst = None
+    at_base = lambda dotted: getattr(getattr(base, dotted.split(".")[0]), dotted.split(".")[1])  # noqa: E731
+    for values in itertools.product(*(swept.get(f, (at_base(f),)) for f in fields)):
+        kind, depth, width, kernel, pool, n = values
+        image = REAL_DATA[DataKind(kind)].image if DataKind(kind) in REAL_DATA else None
+        try:
+            blocks = conv_shapes(image, depth, kernel, pool, width).blocks if image else ()
+        except ValueError:  # an impossible net, refused by the run's own checks
+            continue
+        per_sample = math.prod(image or (0,)) + sum(
+            b.out_channels * (b.map[0] * b.map[1] + b.pooled[0] * b.pooled[1]) for b in blocks)
+        samples = min(n, opts.max_samples) if opts.max_samples else n
+        held = samples * per_sample * base.train.dtype.itemsize
+        if blocks and (worst is None or held > worst[0]):
+            worst = (held, samples, per_sample, depth, width)
+    if worst is not None and worst[0] > CONV_MAPS_BYTES:
+        held, samples, per_sample, depth, width = worst
+        fits = CONV_MAPS_BYTES // (per_sample * base.train.dtype.itemsize)
+        raise SpecError(f"measure.cushions: a CNN's measures hold every layer's maps for the {samples} measured "
+                        f"samples, {held / 2**30:.1f} GiB per net at depth {depth}, width {width}; set "
+                        f"measure.cushions.max_samples to at most {fits}")
 
 
 def check_compression(opts: CushionSpec, grid: Grid, base: RunSpec) -> None:
@@ -508,7 +553,7 @@ def draw_attenuation(rows: Rows, swept: Sequence[str]):
 MEASURE = Measure(
     name="cushions",
     options=CushionSpec,
-    check=check_compression,
+    check=check_cushions,
     tables={"layers": LAYERS, "bounds": BOUNDS, "attenuation": ATTENUATION},
     snapshot_steps=snapshot_steps,
     rows=cushion_tables,
