@@ -154,7 +154,7 @@ def trace(params: ConvParams, x: Tensor, pool: int) -> Trace:
     for block in range(len(params.convs)):
         relu = _conv(params, h, block, shared=block == 0 and _is_shared(x)).relu()
         h, switches = nnf.max_pool2d(relu, pool, return_indices=True)
-        blocks.append(BlockOutput(*(_per_member(t, f) for t in (relu, h, switches))))
+        blocks.append(BlockOutput(*(per_member(t, f) for t in (relu, h, switches))))
     return Trace(blocks, _head(params, h))
 
 
@@ -170,9 +170,8 @@ def _first_input(params: ConvParams, x: Tensor) -> Tensor:
     if x.dim() == 5 and x.shape[0] == f and x.shape[2] == c_in:
         if x.stride(0) == 0:
             return x[0]
-        _, n, _, height, wide = x.shape
         # The one copy of a per-member input: members become channel groups.
-        return x.transpose(0, 1).reshape(n, f * c_in, height, wide)
+        return as_groups(x)
     raise ValueError(f"images must be [n, {c_in}, H, W] (shared) or [{f}, n, {c_in}, H, W] (per member), "
                      f"got {list(x.shape)}")
 
@@ -186,8 +185,15 @@ def _conv(params: ConvParams, h: Tensor, block: int, shared: bool) -> Tensor:
     return nnf.conv2d(h, w.reshape(f * c_out, c_in, k, k), bias, padding=k // 2, groups=1 if shared else f)
 
 
-def _per_member(t: Tensor, f: int) -> Tensor:
-    """``[n, F * C, H, W]`` -> ``[F, n, C, H, W]`` (a view)."""
+def as_groups(t: Tensor) -> Tensor:
+    """Per-member maps ``[F, n, C, H, W]`` -> ``[n, F * C, H, W]``: the members as the
+    channel groups of one grouped convolution (a copy)."""
+    f, n, c, height, wide = t.shape
+    return t.transpose(0, 1).reshape(n, f * c, height, wide)
+
+
+def per_member(t: Tensor, f: int) -> Tensor:
+    """``[n, F * C, H, W]`` -> ``[F, n, C, H, W]``, the inverse of ``as_groups`` (a view)."""
     n, fc, height, wide = t.shape
     return t.view(n, f, fc // f, height, wide).transpose(0, 1)
 

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from theoryscope.core import cnn, models
-from theoryscope.core.config.shapes import conv_shapes
 from theoryscope.core.measures import conv_cushion
 from theoryscope.core.measures.compression import (
     DENSE, LayerCompression, choose_helpers, compress, given_helpers, layer_output_error, margin_loss, margins,
@@ -63,25 +62,22 @@ class Layered:
                        lambda w, x: models.forward(models.Params(w, params.biases), x, nonlinear))
 
     @staticmethod
-    def conv(params: cnn.ConvParams, pool: int, image: tuple[int, int, int], beta: torch.Tensor,
-             independence: int) -> Layered:
-        """A CNN of ``core.cnn`` on images of shape ``image``, with ``beta`` ``[F]`` its
-        well-distributed Jacobian: Theorem 5.1's factor beta^2 k^2 per conv layer (stride 1),
-        beta^2 for the head; conv layers compressed by Matrix-Project-Conv with
-        ``independence``-wise independent filters."""
-        depth, width, kernel = len(params.convs), params.convs[0].shape[1], params.convs[0].shape[-1]
-        blocks = conv_shapes(image, depth, kernel, pool, width).blocks
-        sizes = torch.tensor([kernel**2] * depth + [1], dtype=beta.dtype, device=beta.device)
+    def conv(params: cnn.ConvParams, arch: cnn.ConvArch, beta: torch.Tensor, independence: int) -> Layered:
+        """A CNN family of architecture ``arch``, with ``beta`` ``[F]`` its well-distributed
+        Jacobian: Theorem 5.1's factor beta^2 k^2 per conv layer (stride 1), beta^2 for the
+        head; conv layers compressed by Matrix-Project-Conv with ``independence``-wise
+        independent filters."""
+        sizes = torch.tensor([arch.kernel**2] * arch.depth + [1], dtype=beta.dtype, device=beta.device)
 
         def outputs(w: Weights, x: torch.Tensor) -> torch.Tensor:
             """In blocks of samples: a compressed layer's per-position filters unfold every
             patch of its input."""
             net = cnn.ConvParams(w[:-1], w[-1], params.conv_biases, params.head_bias)
-            images = x.view(*x.shape[:-1], *image)
-            return torch.cat([conv_cushion.forward_pass(net, images[:, start:start + OUTPUT_BLOCK], pool).xs[-1]
+            images = x.view(*x.shape[:-1], *arch.in_shape)
+            return torch.cat([conv_cushion.forward_pass(net, images[:, start:start + OUTPUT_BLOCK], arch.pool).xs[-1]
                               for start in range(0, images.shape[1], OUTPUT_BLOCK)], dim=1)
 
-        kinds = [ConvLayer(independence, b.map[0] * b.map[1]) for b in blocks]
+        kinds = [ConvLayer(independence, b.map[0] * b.map[1]) for b in arch.shapes.blocks]
         return Layered([*params.convs, params.head], [*kinds, DENSE], outputs, beta.square().unsqueeze(-1) * sizes)
 
     def params(self) -> int:

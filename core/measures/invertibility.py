@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as nnf
 
+from theoryscope.core.cnn import as_groups, per_member
+
 Tensor = torch.Tensor
 
 DRAW_BUDGET = 1 << 24  # elements of one chunk of random codes in model_rip (memory, not results)
@@ -47,17 +49,6 @@ def _check_pool(size: tuple[int, int], pool: int) -> None:
         raise ValueError(f"pooling size must divide the map {size[0]}x{size[1]}, got {pool}")
 
 
-def _stack(t: Tensor) -> Tensor:
-    """``[F, n, C, H, W]`` -> ``[n, F*C, H, W]``: the family as the groups of one conv."""
-    f, n, c, h, wd = t.shape
-    return t.transpose(0, 1).reshape(n, f * c, h, wd)
-
-
-def _unstack(t: Tensor, f: int) -> Tensor:
-    n, fc, h, wd = t.shape
-    return t.reshape(n, f, fc // f, h, wd).transpose(0, 1)
-
-
 def conv(w: Tensor, x: Tensor) -> Tensor:
     """W x: ``x [F, n, C_in, H, W]`` -> ``[F, n, C_out, H, W]``, stride 1, zero padding k//2
     (cross-correlation, as ``torch.nn.Conv2d``)."""
@@ -65,8 +56,8 @@ def conv(w: Tensor, x: Tensor) -> Tensor:
     if x.dim() != 5 or x.shape[0] != w.shape[0] or x.shape[2] != w.shape[2]:
         raise ValueError(f"input must be [F={w.shape[0]}, n, C_in={w.shape[2]}, H, W], got {tuple(x.shape)}")
     f, c_out, c_in, k, _ = w.shape
-    out = nnf.conv2d(_stack(x), w.reshape(f * c_out, c_in, k, k), padding=k // 2, groups=f)
-    return _unstack(out, f)
+    out = nnf.conv2d(as_groups(x), w.reshape(f * c_out, c_in, k, k), padding=k // 2, groups=f)
+    return per_member(out, f)
 
 
 def conv_transpose(w: Tensor, z: Tensor) -> Tensor:
@@ -76,8 +67,8 @@ def conv_transpose(w: Tensor, z: Tensor) -> Tensor:
     if z.dim() != 5 or z.shape[0] != w.shape[0] or z.shape[2] != w.shape[1]:
         raise ValueError(f"code must be [F={w.shape[0]}, n, C_out={w.shape[1]}, H, W], got {tuple(z.shape)}")
     f, c_out, c_in, k, _ = w.shape
-    out = nnf.conv_transpose2d(_stack(z), w.reshape(f * c_out, c_in, k, k), padding=k // 2, groups=f)
-    return _unstack(out, f)
+    out = nnf.conv_transpose2d(as_groups(z), w.reshape(f * c_out, c_in, k, k), padding=k // 2, groups=f)
+    return per_member(out, f)
 
 
 # --- negated filter pairs ---------------------------------------------------------------
@@ -122,8 +113,8 @@ def relu_pool(w: Tensor, x: Tensor, pool: int) -> PooledLayer:
     _check_pool(x.shape[-2:], pool)
     f = w.shape[0]
     act = torch.relu(conv(w, x))
-    pooled, switches = nnf.max_pool2d(_stack(act), pool, return_indices=True)
-    pooled, switches = _unstack(pooled, f), _unstack(switches, f)
+    pooled, switches = nnf.max_pool2d(as_groups(act), pool, return_indices=True)
+    pooled, switches = per_member(pooled, f), per_member(switches, f)
     blocks = (pooled > 0).flatten(start_dim=2).sum(dim=-1)
     return PooledLayer(pooled, switches, blocks, blocks.to(x.dtype) / pooled[0, 0].numel(),
                        (act > 0).flatten(start_dim=2).to(x.dtype).mean(dim=-1))
@@ -134,7 +125,7 @@ def unpool(pooled: Tensor, switches: Tensor, pool: int) -> Tensor:
     ``[F, n, C_out, H, W]``."""
     f = pooled.shape[0]
     h, wd = pooled.shape[-2] * pool, pooled.shape[-1] * pool
-    return _unstack(nnf.max_unpool2d(_stack(pooled), _stack(switches), pool, output_size=(h, wd)), f)
+    return per_member(nnf.max_unpool2d(as_groups(pooled), as_groups(switches), pool, output_size=(h, wd)), f)
 
 
 def model_projection(z: Tensor, k: int | Tensor, pool: int) -> Tensor:
@@ -143,15 +134,15 @@ def model_projection(z: Tensor, k: int | Tensor, pool: int) -> Tensor:
     is largest. ``k`` is one count or one per sample (``[F, n]``)."""
     _check_pool(z.shape[-2:], pool)
     f, n = z.shape[:2]
-    flat = _stack(z)
+    flat = as_groups(z)
     mag, idx = nnf.max_pool2d(flat.abs(), pool, return_indices=True)
     vals = flat.flatten(start_dim=2).gather(2, idx.flatten(start_dim=2)).view_as(mag)
-    per_sample = _unstack(mag, f).reshape(f, n, -1)
+    per_sample = per_member(mag, f).reshape(f, n, -1)
     rank = per_sample.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
     limit = torch.as_tensor(k, device=z.device).expand(f, n).unsqueeze(-1)
     keep = (rank < limit).reshape(z.shape[:3] + mag.shape[-2:])
-    vals = vals * _stack(keep.to(vals.dtype))
-    return _unstack(nnf.max_unpool2d(vals, idx, pool, output_size=z.shape[-2:]), f)
+    vals = vals * as_groups(keep.to(vals.dtype))
+    return per_member(nnf.max_unpool2d(vals, idx, pool, output_size=z.shape[-2:]), f)
 
 
 def model_sparse_codes(shape: tuple[int, int, int, int, int], k: int, pool: int,

@@ -346,15 +346,15 @@ def dense_stability(opts: CushionSpec, params: models.Params, x: torch.Tensor, n
         inputs=[xs[0]] + [torch.relu(t) if nonlinear else t for t in xs[1:-1]])
 
 
-def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, image: tuple[int, int, int],
-                   pool: int, step: int) -> Stability:
+def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, arch: cnn.ConvArch,
+                   step: int) -> Stability:
     """Section 5's measures of a CNN family (``core.measures.conv_cushion``) on flat
     samples ``x``."""
     from theoryscope.core.measures import conv_cushion as conv
     from theoryscope.core.measures.bound import Layered
     from theoryscope.core.seeding import generator
 
-    passed = conv.forward_pass(params, x.view(*x.shape[:-1], *image), pool)
+    passed = conv.forward_pass(params, x.view(*x.shape[:-1], *arch.in_shape), arch.pool)
     sums = conv.jacobian_sums(params, passed)
     spread = conv.jacobian_spread(params, passed, sums)
     return Stability(
@@ -366,7 +366,7 @@ def conv_stability(opts: CushionSpec, params: cnn.ConvParams, x: torch.Tensor, i
         attenuation=conv.noise_attenuation(params, passed, generator(opts.seed, "attenuation", step),
                                            opts.attenuation_noise),
         norms=conv.weight_norms(params, passed),
-        net=Layered.conv(params, pool, image, spread.amax(dim=-1).amax(dim=-1), opts.compression_p),
+        net=Layered.conv(params, arch, spread.amax(dim=-1).amax(dim=-1), opts.compression_p),
         inputs=[*passed.phis[:-1], passed.phis[-1].flatten(start_dim=2)],  # the head reads flat features
         spread=spread)
 
@@ -427,8 +427,7 @@ def cushion_tables(opts: CushionSpec, sweep: str, runs: Sequence[RunSpec],
         params = result.snapshots[step]
         with torch.no_grad():
             if isinstance(params, cnn.ConvParams):
-                got = conv_stability(opts, params, x, nets.conv_arch(first.model, first.data).in_shape,
-                                     first.model.pool, step)
+                got = conv_stability(opts, params, x, nets.conv_arch(first.model, first.data), step)
             else:
                 got = dense_stability(opts, params, x, models.is_nonlinear(first.model.kind), step)
             layers, bounds, attenuation = measure_step(opts, got, data, x, first.data.n_train)
